@@ -1,0 +1,23 @@
+"""The Mapping Networks method in pure PyTorch: layout, fixed mapping operators, generator, mapped model.
+
+Nothing here knows about recipes, command lines or distributed ranks (DESIGN.md section 3).
+"""
+
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
+from mapscale.mapping.layout import GroupSpec, ParamLayout, TensorSpec, sqrt_budget_split
+from mapscale.mapping.mapped import MappedModel, map_model
+from mapscale.mapping.operators import OPERATORS, DenseOperator, MappingOperator
+
+__all__ = [
+    "OPERATORS",
+    "DenseOperator",
+    "GeneratorConfig",
+    "GroupSpec",
+    "MappedModel",
+    "MappingGenerator",
+    "MappingOperator",
+    "ParamLayout",
+    "TensorSpec",
+    "map_model",
+    "sqrt_budget_split",
+]

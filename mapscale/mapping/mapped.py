@@ -1,0 +1,142 @@
+"""MappedModel: a target network whose parameters are generated on every forward by a MappingGenerator.
+
+The target keeps its buffers (BatchNorm running statistics stay ordinary buffers) and the tensors a recipe
+kept out of generation (directly trainable or frozen). Each generated parameter is replaced by a zero-size,
+non-persistent buffer of the same name: the attribute still exists (code such as ``Conv2d.extra_repr``
+reads ``self.bias``), it holds no memory, it is in no state_dict, and the only trainable tensors are the
+generator's latents and what the recipe marked trainable. The target runs its own, unmodified ``forward``
+through ``torch.func.functional_call`` with the generated tensors swapped in under those names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
+
+
+class MappedModel(nn.Module):
+    """``target`` run with parameters from ``generator``. Takes ownership of ``target``.
+
+    ``forward(*args, **kwargs)`` is the target's forward. ``materialize()`` returns the plain state_dict
+    the original target class loads with ``load_state_dict(strict=True)``, without mapscale.
+    """
+
+    def __init__(self, target: nn.Module, generator: MappingGenerator) -> None:
+        super().__init__()
+        layout = generator.layout
+        for spec in layout.generated_tensors():
+            for name in spec.names:
+                owner_path, _, attr = name.rpartition(".")
+                owner = target.get_submodule(owner_path)
+                param = owner._parameters.get(attr)
+                if param is None:
+                    raise ValueError(f"{name!r} of the layout is not a parameter of {type(target).__name__}")
+                del owner._parameters[attr]
+                placeholder = torch.empty(0, dtype=param.dtype, device=param.device)
+                owner.register_buffer(attr, placeholder, persistent=False)
+        for spec in layout.trainable:
+            target.get_parameter(spec.name).requires_grad_(True)
+        for spec in layout.frozen:
+            target.get_parameter(spec.name).requires_grad_(False)
+        self.target = target
+        self.generator = generator
+        self._cached: dict[str, Tensor] | None = None
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.generator.layout
+
+    def generated_tensors(self) -> dict[str, Tensor]:
+        """``{parameter name: generated tensor}`` for every generated name, tied aliases included."""
+        return self._cached if self._cached is not None else self.generator()
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.target, self.generated_tensors(), args, kwargs, tie_weights=False, strict=False)
+
+    @contextlib.contextmanager
+    def cached_weights(self) -> Iterator[None]:
+        """Generate once and reuse the tensors for every forward inside the block (evaluation loops).
+
+        Inside, the latents must not change and no gradient reaches them; the cache ends with the block.
+        """
+        with torch.no_grad():
+            self._cached = {name: t.detach() for name, t in self.generator().items()}
+        try:
+            yield
+        finally:
+            self._cached = None
+
+    @torch.no_grad()
+    def materialize(self) -> dict[str, Tensor]:
+        """The target's full state_dict with the generated tensors filled in (detached copies)."""
+        state = {name: t.detach().clone() for name, t in self.target.state_dict().items()}
+        for name, tensor in self.generated_tensors().items():
+            state[name] = tensor.detach().clone()
+        return state
+
+    def num_trainable(self) -> int:
+        """Elements the optimiser updates: latents, modulators, mapping weights of full-dnn variants and
+        directly trainable target tensors, each counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def num_target_params(self) -> int:
+        """Parameter elements of the target network (tied tensors counted once)."""
+        return self.layout.num_target_params
+
+    def mapping_bytes(self) -> int:
+        return self.generator.mapping_bytes()
+
+    def extra_repr(self) -> str:
+        return (
+            f"groups={len(self.layout.groups)}, latent={self.layout.total_latent_dim}, "
+            f"trainable={self.num_trainable():,}, target_params={self.num_target_params():,}"
+        )
+
+
+def map_model(
+    model: nn.Module,
+    grouping: Grouping = "slvt",
+    budget: int | Mapping[str, int] = 2048,
+    *,
+    seed: int = 0,
+    trainable: Iterable[Selector] = (),
+    frozen: Iterable[Selector] = (),
+    budget_rule: BudgetRule | None = None,
+    device: torch.device | str | None = None,
+    **generator_options,
+) -> MappedModel:
+    """Turn ``model`` into a `MappedModel` whose parameters are generated from small latents.
+
+    Example::
+
+        mapped = mapscale.map_model(net, grouping="lwt", budget=2048, seed=0)
+        optimizer = torch.optim.Adam([p for p in mapped.parameters() if p.requires_grad], lr=1e-2)
+        print(mapped.num_trainable(), "trainable of", mapped.num_target_params())
+
+    ``grouping`` is ``"slvt"`` (one latent), ``"lwt"`` (one latent per module owning parameters), a dict of
+    group name -> selectors or a callable; ``budget`` is the total latent size (split across groups in
+    proportion to sqrt(group size)) or ``{group: latent_dim}``. ``trainable`` / ``frozen`` selectors keep
+    tensors out of generation. ``generator_options`` are the fields of `GeneratorConfig` (modulation,
+    modulation_scale, activation, offset, variant, operator, latent_init_std, constant_init_std,
+    mapping_dtype). ``device`` defaults to where ``model``'s parameters are; ``"meta"`` builds shapes only.
+
+    The model's current parameter values are taken as its default initialisation (seed the global RNG
+    before building it for a reproducible run); its generated parameters are removed from it.
+    """
+    layout = ParamLayout.from_module(model, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
+    unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown map_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
+    config = GeneratorConfig(seed=seed, **generator_options)
+    if device is None:
+        device = next(model.parameters()).device
+    init = {spec.name: model.get_parameter(spec.name).detach() for spec in layout.generated_tensors()}
+    generator = MappingGenerator(layout, init, config, device=device)
+    return MappedModel(model, generator)
