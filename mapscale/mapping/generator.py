@@ -160,6 +160,8 @@ class MappingGenerator(nn.Module):
         # (4, num tensors) per group: in_scale, in_shift, out_scale, out_shift; derived, never checkpointed.
         for index, group in enumerate(layout.groups):
             self.register_buffer(f"affine_{index}", self._calibrate(index, group, init_tensors), persistent=False)
+            numels = torch.tensor([t.numel for t in group.tensors], device=device)
+            self.register_buffer(f"numels_{index}", numels, persistent=False)  # (num tensors,)
 
     # -- the pipeline, stage by stage (the distributed layer reuses each stage on a slice) --------------
 
@@ -183,8 +185,7 @@ class MappingGenerator(nn.Module):
     def postprocess(self, index: int, raw: Tensor, start: int = 0) -> Tensor:
         """Per-tensor affine + activation on ``raw = u[start : start + len(raw)]`` of group ``index``."""
         group = self.layout.groups[index]
-        numels = torch.tensor([t.numel for t in group.tensors], device=raw.device)
-        affine = getattr(self, f"affine_{index}")
+        affine, numels = getattr(self, f"affine_{index}"), getattr(self, f"numels_{index}")
         stop = start + raw.shape[0]
         per_element = torch.repeat_interleave(affine, numels, dim=1, output_size=group.numel)[:, start:stop]  # (4, n)
         in_scale, in_shift, out_scale, out_shift = per_element.unbind(dim=0)
