@@ -74,3 +74,15 @@ def test_meta_device_builds_shapes_only():
     op = DenseOperator(64, 10_000_000, mapping_key(0, "huge"), device="meta")
     assert op.weight.is_meta and op.weight.shape == (64, 10_000_000)
     assert DenseOperator.storage_bytes(64, 10_000_000) == 64 * 10_000_000 * 4
+
+
+def test_derived_quantities_are_cached_for_a_fixed_mapping_and_differentiable_for_a_trained_one():
+    fixed = DenseOperator(6, 50, mapping_key(0, "g"))
+    assert fixed.row_means() is fixed.row_means()
+    numels = torch.tensor([20, 30])
+    sums, sq_sums = fixed.segment_row_sums(numels)
+    torch.testing.assert_close(sums[:, 1], fixed.weight[:, 20:].sum(1))
+    torch.testing.assert_close(sq_sums.sum(1), torch.ones(6))  # orthonormal rows: the squares sum to 1
+    trained = DenseOperator(6, 50, mapping_key(0, "g"), trainable=True)
+    (trained.row_means().sum() + trained.segment_row_sums(numels)[1].sum()).backward()
+    assert trained.weight.grad is not None and trained.weight.grad.abs().sum() > 0

@@ -44,6 +44,7 @@ Variant = Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"]
 
 MODULATIONS = ("additive", "multiplicative", "none")
 ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh}
+ACTIVATION_SLOPES = {"identity": torch.ones_like, "tanh": lambda x: 1 - torch.tanh(x) ** 2}
 OFFSETS = ("mean", "init")
 # variant -> (latents trainable, mapping weights trainable, separate modulation vector)
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {
@@ -165,9 +166,12 @@ class MappingGenerator(nn.Module):
 
     # -- the pipeline, stage by stage (the distributed layer reuses each stage on a slice) --------------
 
-    def coefficients(self, index: int) -> tuple[Tensor, Tensor | None]:
-        """``(c, shift)`` such that the raw output is ``Wᵀ c + shift`` (shift: a scalar or None)."""
-        z = self.latents[index]
+    def coefficients(self, index: int, latent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(c, shift)`` such that the raw output is ``Wᵀ c + shift`` (shift: a scalar or None).
+
+        ``latent`` replaces the group's latent ``z`` (the Mapping Loss evaluates perturbed latents).
+        """
+        z = self.latents[index] if latent is None else latent
         modulator = self.modulators[index] if len(self.modulators) else z
         alpha = self.config.modulation_scale
         if self.config.modulation == "multiplicative":
@@ -176,27 +180,41 @@ class MappingGenerator(nn.Module):
             return z, alpha * torch.dot(modulator, z)
         return z, None
 
-    def raw(self, index: int) -> Tensor:
+    def coefficient_jacobian(self, index: int) -> tuple[Tensor, Tensor | None]:
+        """``(m, g)``: ``d c / d z = diag(m)`` and ``d shift / d z = g`` (None when there is no shift)."""
+        z = self.latents[index]
+        separate = len(self.modulators) > 0
+        modulator = self.modulators[index] if separate else z
+        alpha = self.config.modulation_scale
+        if self.config.modulation == "multiplicative":  # c = z (1 + alpha v)
+            return (1 + alpha * modulator) if separate else (1 + 2 * alpha * z), None
+        if self.config.modulation == "additive":  # shift = alpha v . z
+            return torch.ones_like(z), alpha * modulator if separate else 2 * alpha * z
+        return torch.ones_like(z), None
+
+    def raw(self, index: int, latent: Tensor | None = None) -> Tensor:
         """``(P_g,)`` raw output ``u`` of group ``index``: ``W̃ᵀ z`` before scale, offset and activation."""
-        coefficients, shift = self.coefficients(index)
+        coefficients, shift = self.coefficients(index, latent)
         out = self.operators[index](coefficients)
         return out if shift is None else out + shift
 
     def postprocess(self, index: int, raw: Tensor, start: int = 0) -> Tensor:
         """Per-tensor affine + activation on ``raw = u[start : start + len(raw)]`` of group ``index``."""
-        group = self.layout.groups[index]
-        affine, numels = getattr(self, f"affine_{index}"), getattr(self, f"numels_{index}")
-        stop = start + raw.shape[0]
-        per_element = torch.repeat_interleave(affine, numels, dim=1, output_size=group.numel)[:, start:stop]  # (4, n)
-        in_scale, in_shift, out_scale, out_shift = per_element.unbind(dim=0)
+        in_scale, in_shift, out_scale, out_shift = self._per_element_affine(index, start, raw.shape[0])
         out = ACTIVATIONS[self.config.activation](raw * in_scale + in_shift) * out_scale + out_shift
         if self.config.offset == "init":
-            out = out + getattr(self, f"base_{index}")[start:stop]
+            out = out + getattr(self, f"base_{index}")[start : start + raw.shape[0]]
         return out
 
-    def generate_group(self, index: int) -> Tensor:
+    def _per_element_affine(self, index: int, start: int, length: int) -> tuple[Tensor, ...]:
+        affine, numels = getattr(self, f"affine_{index}"), getattr(self, f"numels_{index}")
+        total = self.layout.groups[index].numel
+        per_element = torch.repeat_interleave(affine, numels, dim=1, output_size=total)  # (4, P_g)
+        return per_element[:, start : start + length].unbind(dim=0)
+
+    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
         """``(P_g,)``: the flat generated parameters of group ``index``."""
-        return self.postprocess(index, self.raw(index))
+        return self.postprocess(index, self.raw(index, latent))
 
     def split(self, index: int, flat: Tensor) -> dict[str, Tensor]:
         """Views of a group's flat vector as its named tensors (tied aliases included)."""
@@ -207,11 +225,60 @@ class MappingGenerator(nn.Module):
                 out[name] = tensor
         return out
 
-    def forward(self) -> dict[str, Tensor]:
+    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """``{name: tensor}`` for every generated name; ``latents`` (one per group) replace the trained ones."""
         out: dict[str, Tensor] = {}
         for index in range(len(self.layout.groups)):
-            out.update(self.split(index, self.generate_group(index)))
+            latent = None if latents is None else latents[index]
+            out.update(self.split(index, self.generate_group(index, latent)))
         return out
+
+    # -- quantities the Mapping Loss needs ------------------------------------------------------------------
+
+    def modulated_row_means(self, index: int) -> Tensor:
+        """``(latent_dim,)``: the row-wise mean of the modulated mapping ``W̃`` (the paper's ``W_m``)."""
+        row_means = self.operators[index].row_means()
+        modulator = self.modulators[index] if len(self.modulators) else self.latents[index]
+        alpha = self.config.modulation_scale
+        if self.config.modulation == "multiplicative":  # W̃[i, :] = W[i, :] (1 + alpha v_i)
+            return row_means * (1 + alpha * modulator)
+        if self.config.modulation == "additive":  # W̃[i, :] = W[i, :] + alpha v_i
+            return row_means + alpha * modulator
+        return row_means
+
+    def jacobian_sq_norm(self, index: int) -> Tensor | None:
+        """``||d theta_g / d z_g||_F²`` exactly, or None when the operator cannot give it cheaply.
+
+        With ``d theta_j / d u_j = c_j = out_scale * act'(pre_j) * in_scale`` and
+        ``du/dz = Wᵀ diag(m) + 1 gᵀ`` (`coefficient_jacobian`), the norm is
+        ``sum_i m_i² A_i + 2 sum_i m_i g_i B_i + ||g||² sum_j c_j²`` with ``A = (W∘W) c²`` and ``B = W c²``.
+        For the identity activation ``c`` is constant per tensor and ``A``, ``B`` come from per-tensor row
+        sums of the mapping (``O(latent_dim x tensors)`` per step); otherwise from one product with ``W``
+        and one with ``W∘W``.
+        """
+        operator = self.operators[index]
+        m, g = self.coefficient_jacobian(index)
+        in_scale, in_shift, out_scale, _ = getattr(self, f"affine_{index}")  # (T,) each
+        if self.config.activation == "identity":
+            if not hasattr(operator, "segment_row_sums"):
+                return None
+            c_sq = (out_scale * in_scale) ** 2  # (T,)
+            sums, sq_sums = operator.segment_row_sums(getattr(self, f"numels_{index}"))  # (d, T) each
+            a, b = sq_sums @ c_sq, sums @ c_sq
+            total_c_sq = (c_sq * getattr(self, f"numels_{index}")).sum()
+        else:
+            if not hasattr(operator, "weighted_row_sums"):
+                return None
+            raw = self.raw(index)
+            in_s, in_sh, out_s, _ = self._per_element_affine(index, 0, raw.shape[0])
+            slope = ACTIVATION_SLOPES[self.config.activation](raw * in_s + in_sh)
+            c_sq_el = (out_s * slope * in_s) ** 2  # (P_g,); depends on z through act'(pre)
+            sums, sq_sums = operator.weighted_row_sums(c_sq_el)
+            a, b, total_c_sq = sq_sums, sums, c_sq_el.sum()
+        norm = (m**2 * a).sum()
+        if g is not None:
+            norm = norm + 2 * (m * g * b).sum() + g.dot(g) * total_c_sq
+        return norm
 
     # -- construction-time calibration ------------------------------------------------------------------
 

@@ -58,7 +58,11 @@ class MappedModel(nn.Module):
         return self._cached if self._cached is not None else self.generator()
 
     def forward(self, *args, **kwargs):
-        return functional_call(self.target, self.generated_tensors(), args, kwargs, tie_weights=False, strict=False)
+        return self.forward_with(self.generated_tensors(), *args, **kwargs)
+
+    def forward_with(self, tensors: Mapping[str, Tensor], *args, **kwargs):
+        """The target's forward with ``tensors`` (generated parameters, optionally buffers) swapped in."""
+        return functional_call(self.target, dict(tensors), args, kwargs, tie_weights=False, strict=False)
 
     @contextlib.contextmanager
     def cached_weights(self) -> Iterator[None]:

@@ -47,6 +47,12 @@ class MappingOperator(Protocol):
         ...
 
 
+# Optional, for an exact smoothness term in the Mapping Loss (without them it uses a Hutchinson estimate):
+#   segment_row_sums(numels: (T,)) -> ((d, T), (d, T)): per consecutive segment of columns, sum_j W_ij and
+#       sum_j W_ij², the segments being the group's tensors.
+#   weighted_row_sums(column_weights: (P,)) -> ((d,), (d,)): W @ w and (W∘W) @ w.
+
+
 def mapping_key(seed: int, group: str) -> int:
     """A stable 63-bit key for the mapping of ``group`` under ``seed`` (never Python's salted ``hash``)."""
     digest = hashlib.sha256(f"mapscale/mapping/{int(seed)}/{group}".encode()).digest()
@@ -169,7 +175,35 @@ class DenseOperator(nn.Module):
         return coefficients.to(self.weight.dtype) @ self.weight  # (d,) @ (d, P_g) -> (P_g,)
 
     def row_means(self) -> Tensor:
-        return self.weight.mean(dim=1)
+        return self._derived("row_means", lambda: self.weight.mean(dim=1, dtype=torch.float32))
+
+    def segment_row_sums(self, numels: Tensor) -> tuple[Tensor, Tensor]:
+        def compute() -> tuple[Tensor, Tensor]:
+            pieces = self.weight.split(numels.tolist(), dim=1)
+            sums = torch.stack([p.sum(1, dtype=torch.float32) for p in pieces], 1)
+            return sums, torch.stack([p.float().square().sum(1) for p in pieces], 1)
+
+        return self._derived("segment_row_sums", compute)
+
+    def _derived(self, name: str, compute):
+        """A quantity derived from ``W``: computed once while ``W`` is fixed (it costs a full pass over the
+        mapping), recomputed differentiably every call while ``W`` trains (the full-dnn variants)."""
+        if self.weight.requires_grad:
+            return compute()
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        entry = cache.get(name)
+        if entry is None or entry[0] != self.weight.device:
+            with torch.no_grad():
+                entry = cache[name] = (self.weight.device, compute())
+        return entry[1]
+
+    def weighted_row_sums(self, column_weights: Tensor) -> tuple[Tensor, Tensor]:
+        sums = self.weight @ column_weights.to(self.weight.dtype)
+        sq_sums = torch.zeros_like(sums)
+        for start in range(0, self.num_outputs, 2**16):  # W∘W a chunk of columns at a time, not all at once
+            cols = slice(start, start + 2**16)
+            sq_sums = sq_sums + self.weight[:, cols].square() @ column_weights[cols].to(self.weight.dtype)
+        return sums, sq_sums
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}, dtype={self.weight.dtype}"
