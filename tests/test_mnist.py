@@ -10,7 +10,9 @@ from mapscale.targets import small_mnist_cnn
 
 def test_mapped_cnn_reaches_90_percent_on_shipped_mnist_with_2048_trainable(seeded):
     train, test = shipped_mnist(test_size=1000, seed=0)
-    mapped = mapscale.map_model(seeded(small_mnist_cnn), "slvt", budget=2048, seed=0)
+    # Around the target's init weights (offset "init"): 93.3 / 92.7 / 93.0% for seeds 0 / 1 / 2 on this split,
+    # against 90.9 / 92.7 / 91.8% for pure generation (offset "mean").
+    mapped = mapscale.map_model(seeded(small_mnist_cnn), "slvt", budget=2048, seed=0, offset="init")
     params = [p for p in mapped.parameters() if p.requires_grad]
     assert mapped.num_trainable() == sum(p.numel() for p in params) == 2048 <= 2100
     assert mapped.num_target_params() == 14_410

@@ -1,0 +1,216 @@
+"""The ``mapscale`` command line: thin Typer commands over the library.
+
+    mapscale train recipes/mnist_cnn2.py optim.lr=3e-3 mapping.budget=4096
+    mapscale train runs/MnistCNN2-20261123-120000 --resume
+    mapscale eval runs/MnistCNN2-20261123-120000
+    mapscale inspect recipes/resnet50_deepfake.py --world-size 8
+    mapscale export runs/MnistCNN2-20261123-120000 --out model.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Train big networks through tiny trainable latent vectors (Mapping Networks).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+RecipeArg = Annotated[Path, typer.Argument(help="A recipe file (.py), a resolved recipe.json, or a run directory.", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. optim.lr=3e-3 mapping.budget=4096.", show_default=False)]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _load(recipe_path: Path, overrides: list[str] | None):
+    from mapscale.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(recipe_path, overrides or [])
+    except RecipeError as err:
+        _fail(str(err))
+
+
+@app.command()
+def train(
+    recipe_path: RecipeArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RECIPE_PATH (a run directory) from its last checkpoint.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe as JSON and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the recipe, build the model, print the layout summary; no training, nothing written.")] = False,
+    stop_after: Annotated[Optional[int], typer.Option(help="Stop this invocation after N steps with a checkpoint (resumable).", min=1)] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda:0 (default: cuda when available).")] = None,
+) -> None:
+    """Train a recipe. Writes a run directory with the recipe, environment, metrics.jsonl and checkpoint.pt.
+
+    Reproduce a run with `mapscale train RUN_DIR/recipe.json`; continue an interrupted one with
+    `mapscale train RUN_DIR --resume`.
+    """
+    from mapscale.data import DataError
+    from mapscale.train import new_run_dir, train as run_training, write_run_files
+
+    recipe = _load(recipe_path, overrides)
+    if print_config:
+        console.print_json(recipe.model_dump_json())
+        return
+    if dry_run:
+        _print_layout(recipe, world_size=1)
+        return
+    if resume:
+        run_dir = recipe_path if recipe_path.is_dir() else recipe_path.parent
+        if not (run_dir / "checkpoint.pt").exists():
+            _fail(f"--resume needs a run directory with a checkpoint; {run_dir} has none")
+        if overrides:
+            _fail("--resume continues a run exactly as it was recorded; overrides are not allowed")
+    else:
+        run_dir = new_run_dir(recipe)
+        write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
+    console.print(f"run directory: {run_dir}")
+    try:
+        result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=console)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        if not resume and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
+        _fail(str(err))
+    _print_summary(result)
+    if result.interrupted:
+        raise typer.Exit(code=130)
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    device: Annotated[Optional[str], typer.Option(help="Device (default: cuda when available).")] = None,
+) -> None:
+    """Evaluate a run's latest checkpoint on its recipe's test split."""
+    import torch
+
+    from mapscale.data import build_datasets
+    from mapscale.recipe import Recipe
+    from mapscale.train import build_model, evaluate as run_eval, load_checkpoint, restore_model_state
+
+    try:
+        state = load_checkpoint(run)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    recipe = Recipe.model_validate(state["recipe"])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(recipe, device)
+    restore_model_state(model, state["model"])
+    data = build_datasets(recipe.data, recipe.task)
+    metrics = run_eval(model, data.test, recipe, data.num_classes, device)
+    table = Table(title=f"{recipe.name} at step {state['step']} on the test split ({len(data.test)} examples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(json.dumps({"step": state["step"], **metrics}))
+
+
+@app.command()
+def inspect(
+    recipe_path: RecipeArg,
+    overrides: OverridesArg = None,
+    world_size: Annotated[int, typer.Option(help="Ranks to split the fixed mapping weights across.", min=1)] = 1,
+) -> None:
+    """Show a recipe's parameter layout (groups, tensors, latent sizes) and the mapping memory per rank,
+    without building the mapping or training."""
+    _print_layout(_load(recipe_path, overrides), world_size)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Output file (.safetensors or .pt).")] = Path("model.safetensors"),
+) -> None:
+    """Materialise the target's weights into a plain state_dict the target loads without mapscale."""
+    from mapscale.recipe import Recipe
+    from mapscale.train import build_model, load_checkpoint, restore_model_state
+
+    try:
+        state = load_checkpoint(run)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    recipe = Recipe.model_validate(state["recipe"])
+    model = build_model(recipe, "cpu")
+    restore_model_state(model, state["model"])
+    # Tied names share a tensor; safetensors stores each name as its own contiguous tensor.
+    weights = {name: tensor.contiguous().clone() for name, tensor in model.materialize().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(out), metadata={"recipe": recipe.name, "target": recipe.target.name, "step": str(state["step"])})
+    else:
+        import torch
+
+        torch.save(weights, out)
+    total = sum(t.numel() for t in weights.values())
+    console.print(f"wrote {out}: {len(weights)} tensors, {total:,} values, from step {state['step']}")
+
+
+def _print_layout(recipe, world_size: int) -> None:
+    from mapscale.train import build_model
+
+    model = build_model(recipe, "meta")  # shapes only: nothing is allocated, whatever the target's size
+    layout = model.layout
+    bytes_per = 4
+    table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.grouping if isinstance(recipe.mapping.grouping, str) else 'custom'} grouping")
+    for column in ("group", "tensors", "parameters", "latent dim", "mapping MiB"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    shown = layout.groups if len(layout.groups) <= 40 else layout.groups[:20] + layout.groups[-20:]
+    for group in shown:
+        table.add_row(group.name, str(len(group.tensors)), f"{group.numel:,}", str(group.latent_dim), f"{group.latent_dim * group.numel * bytes_per / 2**20:,.1f}")
+    if len(shown) < len(layout.groups):
+        table.caption = f"{len(layout.groups) - len(shown)} of {len(layout.groups)} groups not shown"
+    console.print(table)
+    mapping = layout.mapping_numel * bytes_per
+    per_rank = -(-layout.mapping_numel // world_size) * bytes_per
+    summary = Table(show_header=False, title="summary")
+    summary.add_column(justify="left")
+    summary.add_column(justify="right")
+    for key, value in [
+        ("target parameters", f"{model.num_target_params():,}"),
+        ("trainable parameters", f"{model.num_trainable():,}"),
+        ("reduction", f"{model.num_target_params() / max(model.num_trainable(), 1):,.1f}x"),
+        ("groups", f"{len(layout.groups)}"),
+        ("mapping weights (fp32, dense)", f"{mapping / 2**30:,.3f} GiB"),
+        (f"mapping per rank, world size {world_size}", f"{per_rank / 2**30:,.3f} GiB"),
+    ]:
+        summary.add_row(key, value)
+    console.print(summary)
+
+
+def _print_summary(result) -> None:
+    table = Table(title=f"{result.recipe_name}: {'stopped' if result.interrupted else 'done'} at step {result.step}/{result.total_steps}", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right", overflow="fold")
+    rows = [
+        ("target parameters", f"{result.target_params:,}"),
+        ("trainable parameters", f"{result.trainable:,}"),
+        ("reduction", f"{result.target_params / max(result.trainable, 1):,.1f}x"),
+    ]
+    rows += [(f"final {k}", f"{v:.4f}") for k, v in result.final.items()]
+    rows += [(f"best {k}", f"{v:.4f} (step {result.best['step']})") for k, v in result.best.items() if k != "step"]
+    rows += [("wall time", f"{result.wall_seconds:,.1f} s"), ("run directory", str(result.run_dir))]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

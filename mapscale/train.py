@@ -1,0 +1,461 @@
+"""The training loop, read top to bottom: build, step, evaluate, checkpoint, log.
+
+``train(recipe, run_dir)`` runs one recipe in one process. Everything a run needs to continue exactly lives
+in ``run_dir/checkpoint.pt`` (latents, loss coefficients and step, optimiser and scheduler state, position
+in the data, RNG states, the resolved recipe; never generated weights), written atomically, so a kill at
+any moment leaves the last good checkpoint. ``train(..., resume=True)`` continues from it: the same steps,
+batches and losses as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+import mapscale
+from mapscale.data import DataSplits, build_datasets
+from mapscale.loss import MappingLoss
+from mapscale.mapping.mapped import MappedModel, map_model
+from mapscale.mapping.operators import mapping_key
+from mapscale.metrics import PRIMARY, Metrics
+from mapscale.recipe import Recipe
+from mapscale.targets import build_target
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    """What a run did: the CLI's summary table."""
+
+    run_dir: Path
+    recipe_name: str
+    step: int
+    total_steps: int
+    target_params: int
+    trainable: int
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)  # {primary metric: value, "step": when}
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+
+# -- building: recipe -> objects -----------------------------------------------------------------------------
+
+
+def build_model(recipe: Recipe, device: torch.device | str = "cpu") -> MappedModel:
+    """The recipe's mapped target. The target's default init is seeded by ``recipe.seed``, the mapping by
+    ``recipe.mapping.seed``, so the same recipe builds the same model in every process."""
+    torch.manual_seed(recipe.seed)
+    meta = torch.device(device).type == "meta"
+    with torch.device("meta") if meta else nullcontext():
+        target = build_target(recipe.target.name, recipe.target.args, None if meta else recipe.target.weights)
+    m = recipe.mapping
+    model = map_model(
+        target,
+        _selectors(m.grouping),
+        m.budget,
+        seed=m.seed,
+        trainable=[_selector(s) for s in m.trainable],
+        frozen=[_selector(s) for s in m.frozen],
+        modulation=m.modulation,
+        modulation_scale=m.modulation_scale,
+        activation=m.activation,
+        offset=m.offset,
+        variant=m.variant,
+        operator=m.operator,
+        latent_init_std=m.latent_init_std,
+        constant_init_std=m.constant_init_std,
+        device="meta" if meta else None,
+    )
+    return model if meta else model.to(device)
+
+
+def _selector(text: str):
+    import re
+
+    return re.compile(text[3:]) if text.startswith("re:") else text
+
+
+def _selectors(grouping):
+    if isinstance(grouping, str):
+        return grouping
+    return {g: [_selector(s) for s in ([sel] if isinstance(sel, str) else sel)] for g, sel in grouping.items()}
+
+
+def task_loss(task: str):
+    """The task's loss ``(output, target) -> scalar``."""
+    if task == "regression":
+        return lambda output, target: F.mse_loss(output.reshape(target.shape), target.float())
+    if task == "segmentation":
+        return lambda output, target: F.cross_entropy(output, target, ignore_index=255)
+    return F.cross_entropy
+
+
+def build_loss(recipe: Recipe) -> MappingLoss:
+    options = recipe.loss.model_dump()
+    return MappingLoss(task_loss(recipe.task), seed=recipe.seed, time_terms=False, **options)
+
+
+def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int):
+    o = recipe.optim
+    if o.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    else:
+        cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.schedule == "onecycle":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=total_steps, pct_start=max(o.warmup_fraction, 1e-3))
+    else:
+        warmup = int(o.warmup_fraction * total_steps)
+
+        def factor(step: int) -> float:
+            if o.schedule == "constant":
+                return 1.0
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, schedule
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The index batches of ``epoch``: a pure function of (seed, epoch), so a resumed run sees the same."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(mapping_key(seed, f"data/{epoch}")))
+    return [b.tolist() for b in order.split(batch_size)]
+
+
+def fingerprint(model: MappedModel, recipe: Recipe) -> str:
+    """Identifies the mapping: the target's generated tensors (names, shapes), the mapping section and the
+    target init seed. Runs with equal fingerprints generate weights from the same fixed mapping."""
+    layout = [(g.name, g.latent_dim, [(t.name, list(t.shape)) for t in g.tensors]) for g in model.layout.groups]
+    payload = json.dumps([layout, recipe.mapping.model_dump(mode="json"), recipe.target.model_dump(mode="json"), recipe.seed], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# -- the run directory ---------------------------------------------------------------------------------------
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """A fresh run directory under ``output.root``: ``run_name`` or ``<recipe name>-<timestamp>``."""
+    root = Path(recipe.output.root)
+    name = recipe.output.run_name or f"{recipe.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir, suffix = root / name, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = root / f"{name}-{suffix}"
+    return run_dir
+
+
+def write_run_files(run_dir: Path, recipe: Recipe, source: Path | None, overrides: list[str]) -> None:
+    """Once per run: the recipe file, the overrides, the resolved recipe and the environment.
+    ``mapscale train <run_dir>/recipe.json`` reproduces the run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if source is not None and source.suffix == ".py":
+        shutil.copyfile(source, run_dir / "recipe_source.py")
+    (run_dir / "overrides.json").write_text(json.dumps(list(overrides), indent=2) + "\n")
+    (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+
+
+def environment() -> dict:
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "mapscale": mapscale.__version__}
+    for package in ("torchvision", "deepspeed", "datasets", "pydantic", "safetensors"):
+        try:  # read from the installed metadata: importing deepspeed alone takes seconds
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, flushed, then renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a mapscale checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def checkpoint_model_state(model: MappedModel) -> dict:
+    """The model state a checkpoint keeps: trained tensors and buffers (BatchNorm statistics), not the
+    frozen tensors, which the recipe rebuilds."""
+    frozen = {f"target.{spec.name}" for spec in model.layout.frozen}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def restore_model_state(model: MappedModel, state: dict) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {f"target.{spec.name}" for spec in model.layout.frozen}
+    if unexpected or set(missing) - frozen:
+        raise ValueError(f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)}, unexpected {unexpected}")
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | None, device) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset``, weights generated once."""
+    model.eval()
+    metrics = Metrics(recipe.task, num_classes)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(recipe.optim.batch_size, 256))
+    with model.cached_weights():
+        for inputs, targets in loader:
+            with _autocast(recipe, device):
+                output = model(inputs.to(device))
+            metrics.update(output, targets)
+    return metrics.compute()
+
+
+def _autocast(recipe: Recipe, device):
+    if recipe.optim.precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+
+
+def train(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> RunResult:
+    """Train ``recipe`` in ``run_dir`` (its run files already written). ``stop_after`` ends this invocation
+    after that many steps with a checkpoint, resumable (e.g. to fit a scheduler's time slot)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError("multi-rank training (sharded generation) is not available yet; run on one process")
+    console = console or Console()
+    started = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run_dir = Path(run_dir)
+
+    # Build.
+    data: DataSplits = build_datasets(recipe.data, recipe.task)
+    model = build_model(recipe, device)
+    loss_fn = build_loss(recipe).to(device)
+    batches_per_epoch = math.ceil(len(data.train) / recipe.optim.batch_size)
+    total_steps = recipe.optim.epochs * batches_per_epoch
+    if recipe.optim.max_steps is not None:
+        total_steps = min(total_steps, recipe.optim.max_steps)
+    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
+    optimizer, schedule = build_optimizer(recipe, params, total_steps)
+    metric_name, higher_is_better = PRIMARY[recipe.task]
+    mapping_id = fingerprint(model, recipe)
+
+    step, best, final = 0, {}, {}
+    log_path = run_dir / "metrics.jsonl"
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        if state["fingerprint"] != mapping_id:
+            raise ValueError(f"checkpoint mapping {state['fingerprint']} differs from the recipe's {mapping_id}: not the same run")
+        restore_model_state(model, state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        step, best = state["step"], state["best"]
+        _truncate_log(log_path, step)  # drop what the interrupted process logged after its checkpoint
+        console.print(f"resumed {run_dir} at step {step}/{total_steps}")
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir / CHECKPOINT, {
+            "format": CHECKPOINT_FORMAT, "step": step, "fingerprint": mapping_id, "best": best,
+            "model": checkpoint_model_state(model), "loss": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "recipe": recipe.model_dump(mode="json"), "seed": recipe.seed,
+        })
+
+    def log(record: dict) -> None:
+        with open(log_path, "a") as handle:
+            handle.write(json.dumps({"step": step, **record}) + "\n")
+        if tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    tensorboard.add_scalar(f"{record.get('split', 'train')}/{key}", value, step)
+
+    def run_eval() -> dict[str, float]:
+        nonlocal best
+        result = evaluate(model, data.test, recipe, data.num_classes, device)
+        log({"split": "test", **result})
+        value = result[metric_name]
+        if not best or (value > best[metric_name] if higher_is_better else value < best[metric_name]):
+            best = {metric_name: value, "step": step}
+        return result
+
+    tensorboard = _tensorboard(run_dir)
+    stop = _StopFlag(console)
+    interrupted, last_eval = False, {}
+    every_eval = recipe.output.eval_every or batches_per_epoch
+    every_checkpoint = recipe.output.checkpoint_every or batches_per_epoch
+    progress = _progress(console, recipe.output.progress)
+    task_id = progress.add_task(recipe.name, total=total_steps, completed=step, loss=float("nan"), metric="", rate=0.0)
+    steps_this_run, window_samples, window_start = 0, 0, time.perf_counter()
+
+    # Train.
+    try:
+        with progress, stop:
+            while step < total_steps:
+                epoch, position = divmod(step, batches_per_epoch)
+                batches = epoch_batches(len(data.train), recipe.optim.batch_size, recipe.seed, epoch)[position:]
+                loader = torch.utils.data.DataLoader(data.train, batch_sampler=batches)
+                for inputs, targets in loader:
+                    model.train()
+                    inputs, targets = inputs.to(device), targets.to(device)
+                    with _autocast(recipe, device):
+                        out = loss_fn(model, inputs, targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    out.total.backward()
+                    if recipe.optim.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
+                    optimizer.step()
+                    schedule.step()
+                    step, steps_this_run = step + 1, steps_this_run + 1
+                    window_samples += len(targets)
+
+                    # Log.
+                    if step % recipe.output.log_every == 0 or step == total_steps:
+                        rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                        window_samples, window_start = 0, time.perf_counter()
+                        record = {k: v.item() for k, v in out.values.items()}
+                        record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
+                        log({"split": "train", "epoch": epoch, "lr": schedule.get_last_lr()[0], "samples_per_s": rate, **record})
+                        progress.update(task_id, loss=record["task"], rate=rate)
+
+                    # Evaluate.
+                    if step % every_eval == 0 or step == total_steps:
+                        last_eval = run_eval()
+                        progress.update(task_id, metric=f"{metric_name} {last_eval[metric_name]:.4f}")
+
+                    # Checkpoint.
+                    if step % every_checkpoint == 0 or step == total_steps:
+                        checkpoint()
+                    progress.update(task_id, completed=step, description=f"{recipe.name} epoch {epoch + 1}/{math.ceil(total_steps / batches_per_epoch)}")
+
+                    if step >= total_steps or stop.requested or (stop_after is not None and steps_this_run >= stop_after):
+                        break
+                if stop.requested or (stop_after is not None and steps_this_run >= stop_after):
+                    interrupted = step < total_steps
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: abort mid-step, keep the last complete checkpoint
+        console.print(f"aborted; continue from the last checkpoint with: mapscale train {run_dir} --resume")
+        raise
+    if interrupted:
+        checkpoint()  # nothing lost: the run continues from here with --resume
+        console.print(f"stopped at step {step}/{total_steps}; continue with: mapscale train {run_dir} --resume")
+    final = last_eval if last_eval else {}
+    if tensorboard is not None:
+        tensorboard.close()
+    return RunResult(
+        run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=total_steps,
+        target_params=model.num_target_params(), trainable=sum(p.numel() for p in params),
+        final=final, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
+        TextColumn("{task.fields[rate]:.0f} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=not enabled,
+    )
+
+
+class _StopFlag:
+    """Turns SIGTERM (a cluster preempting the job) and a first Ctrl-C into a clean stop after the current
+    step, with a checkpoint; a second Ctrl-C aborts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, console: Console) -> None:
+        self.requested, self.console = False, console
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = {}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print("stopping after this step (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
