@@ -99,17 +99,13 @@ def evaluate(
     import torch
 
     from mapscale.data import build_datasets
-    from mapscale.recipe import Recipe
-    from mapscale.train import build_model, evaluate as run_eval, load_checkpoint, restore_model_state
+    from mapscale.train import evaluate as run_eval, load_run
 
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        state = load_checkpoint(run)
+        recipe, model, state = load_run(run, device)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    recipe = Recipe.model_validate(state["recipe"])
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(recipe, device)
-    restore_model_state(model, state["model"])
     data = build_datasets(recipe.data, recipe.task)
     metrics = run_eval(model, data.test, recipe, data.num_classes, device)
     table = Table(title=f"{recipe.name} at step {state['step']} on the test split ({len(data.test)} examples)")
@@ -138,16 +134,12 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Output file (.safetensors or .pt).")] = Path("model.safetensors"),
 ) -> None:
     """Materialise the target's weights into a plain state_dict the target loads without mapscale."""
-    from mapscale.recipe import Recipe
-    from mapscale.train import build_model, load_checkpoint, restore_model_state
+    from mapscale.train import load_run
 
     try:
-        state = load_checkpoint(run)
+        recipe, model, state = load_run(run, "cpu")
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    recipe = Recipe.model_validate(state["recipe"])
-    model = build_model(recipe, "cpu")
-    restore_model_state(model, state["model"])
     # Tied names share a tensor; safetensors stores each name as its own contiguous tensor.
     weights = {name: tensor.contiguous().clone() for name, tensor in model.materialize().items()}
     out.parent.mkdir(parents=True, exist_ok=True)

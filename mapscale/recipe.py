@@ -97,8 +97,9 @@ class MappingSection(Section):
 
 class LossSection(Section):
     """The Mapping Loss (``mapscale.loss.MappingLoss``). Every extra term is off by default: on the shipped
-    MNIST subset none of them improved test accuracy and the stability term doubles the step time
-    (bench/mapping_loss.py); switch them on by giving a coefficient."""
+    MNIST subset (bench/mapping_loss.py, SLVT 2048, 6 epochs, seeds 0/1/2) the full loss averaged 91.0% test
+    accuracy against 92.0% for the task loss alone (differences +1.7, -2.8, -1.7 points) at twice the step
+    time. Switch terms on by giving a coefficient."""
 
     stability: float | None = None
     """Initial (learned) or constant (fixed) weight of the stability term; None: off."""
@@ -116,6 +117,8 @@ class LossSection(Section):
     """Exact where the operator allows it, else Hutchinson."""
     hutchinson_samples: int = Field(1, ge=1)
     """JVPs per Hutchinson estimate."""
+    time_terms: bool = True
+    """Log each term's forward time (``seconds_<term>`` in metrics.jsonl); on CUDA this synchronises per term."""
 
 
 class DataSection(Section):

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -92,8 +93,6 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu") -> MappedMod
 
 
 def _selector(text: str):
-    import re
-
     return re.compile(text[3:]) if text.startswith("re:") else text
 
 
@@ -114,7 +113,7 @@ def task_loss(task: str):
 
 def build_loss(recipe: Recipe) -> MappingLoss:
     options = recipe.loss.model_dump()
-    return MappingLoss(task_loss(recipe.task), seed=recipe.seed, time_terms=False, **options)
+    return MappingLoss(task_loss(recipe.task), seed=recipe.seed, **options)
 
 
 def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int):
@@ -224,6 +223,16 @@ def load_checkpoint(path: Path) -> dict:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a mapscale checkpoint of format {CHECKPOINT_FORMAT}")
     return state
+
+
+def load_run(run: Path, device: torch.device | str = "cpu") -> tuple[Recipe, MappedModel, dict]:
+    """``(recipe, model, checkpoint)`` of a run directory or checkpoint file: the model rebuilt from the
+    recorded recipe with the checkpoint's latents (and buffers) loaded."""
+    state = load_checkpoint(Path(run))
+    recipe = Recipe.model_validate(state["recipe"])
+    model = build_model(recipe, device)
+    restore_model_state(model, state["model"])
+    return recipe, model, state
 
 
 def checkpoint_model_state(model: MappedModel) -> dict:
@@ -376,6 +385,7 @@ def train(
                         window_samples, window_start = 0, time.perf_counter()
                         record = {k: v.item() for k, v in out.values.items()}
                         record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
+                        record.update({f"seconds_{k}": v for k, v in out.seconds.items()})
                         log({"split": "train", "epoch": epoch, "lr": schedule.get_last_lr()[0], "samples_per_s": rate, **record})
                         progress.update(task_id, loss=record["task"], rate=rate)
 

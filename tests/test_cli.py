@@ -55,6 +55,8 @@ def test_train_resume_continues_exactly_and_eval_export_agree(tiny, tmp_path):
     straight_dir = tmp_path / "runs" / "straight"
     assert {"recipe.json", "recipe_source.py", "overrides.json", "environment.json", "metrics.jsonl", "checkpoint.pt"} <= {p.name for p in straight_dir.iterdir()}
     assert "trainable parameters" in straight.output and "reduction" in straight.output
+    first_record = json.loads((straight_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"task", "lr", "samples_per_s", "seconds_task"} <= first_record.keys()
 
     stopped = invoke("train", tiny, "output.run_name=resumed", "--stop-after", "5")
     assert stopped.exit_code == 130, stopped.output
@@ -80,11 +82,9 @@ def test_train_resume_continues_exactly_and_eval_export_agree(tiny, tmp_path):
 
     plain = small_mnist_cnn()
     plain.load_state_dict(load_file(str(out)), strict=True)
-    from mapscale.recipe import load_recipe
-    from mapscale.train import build_model, load_checkpoint, restore_model_state
+    from mapscale.train import load_run
 
-    mapped = build_model(load_recipe(resumed_dir), "cpu")
-    restore_model_state(mapped, load_checkpoint(resumed_dir)["model"])
+    _, mapped, _ = load_run(resumed_dir)
     x = torch.randn(4, 1, 28, 28)
     mapped.eval()
     plain.eval()
