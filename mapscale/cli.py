@@ -170,8 +170,10 @@ def _print_layout(recipe, world_size: int) -> None:
     if len(shown) < len(layout.groups):
         table.caption = f"{len(layout.groups) - len(shown)} of {len(layout.groups)} groups not shown"
     console.print(table)
+    from mapscale.distributed.plan import ShardPlan
+
     mapping = layout.mapping_numel * bytes_per
-    per_rank = -(-layout.mapping_numel // world_size) * bytes_per
+    per_rank = ShardPlan.from_layout(layout, world_size).max_mapping_numel() * bytes_per  # the heaviest rank
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -181,7 +183,7 @@ def _print_layout(recipe, world_size: int) -> None:
         ("reduction", f"{model.num_target_params() / max(model.num_trainable(), 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
         ("mapping weights (fp32, dense)", f"{mapping / 2**30:,.3f} GiB"),
-        (f"mapping per rank, world size {world_size}", f"{per_rank / 2**30:,.3f} GiB"),
+        (f"mapping on the heaviest rank, world size {world_size}", f"{per_rank / 2**30:,.3f} GiB"),
     ]:
         summary.add_row(key, value)
     console.print(summary)

@@ -34,6 +34,7 @@ from torch import nn
 
 import mapscale
 from mapscale.data import DataSplits, build_datasets
+from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
 from mapscale.mapping.mapped import MappedModel, map_model
 from mapscale.mapping.operators import mapping_key
@@ -286,7 +287,7 @@ def train(
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` (its run files already written). ``stop_after`` ends this invocation
     after that many steps with a checkpoint, resumable (e.g. to fit a scheduler's time slot)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if World.from_env().distributed:
         raise RuntimeError("multi-rank training (sharded generation) is not available yet; run on one process")
     console = console or Console()
     started = time.perf_counter()

@@ -1,0 +1,53 @@
+"""Collective autograd on 2 gloo processes against a single-process reference."""
+
+import warnings
+
+import torch
+from distributed_helpers import run_ranks
+
+from mapscale.distributed.collectives import gather_rows
+
+CHUNK = 5
+
+
+def full_rows() -> torch.Tensor:
+    return torch.arange(2 * CHUNK * 3, dtype=torch.float32).reshape(2 * CHUNK, 3) / 7
+
+
+def rank_weights(rank: int) -> torch.Tensor:
+    return torch.randn(2 * CHUNK, 3, generator=torch.Generator().manual_seed(100 + rank))
+
+
+def gather_and_backward(rank: int, world_size: int):
+    local = full_rows()[rank * CHUNK : (rank + 1) * CHUNK].clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecation warning on every call
+        gathered = gather_rows(local)
+        (gathered * rank_weights(rank)).sum().backward()  # each rank's own loss on all rows
+    return gathered.detach(), local.grad
+
+
+def test_gather_forward_is_the_concatenation_and_backward_sums_every_ranks_gradient():
+    results = run_ranks(gather_and_backward, 2)
+    for rank, (gathered, grad) in enumerate(results):
+        assert torch.equal(gathered, full_rows())
+        # The summed loss over ranks: d/d(row) = sum of every rank's weight on that row.
+        expected = (rank_weights(0) + rank_weights(1))[rank * CHUNK : (rank + 1) * CHUNK]
+        torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6)
+
+
+def world_of(rank: int, world_size: int):
+    from mapscale.distributed.world import World
+
+    world = World.from_env()
+    return world.rank, world.size, world.is_main, world.distributed
+
+
+def test_world_from_env_single_and_two_ranks(monkeypatch):
+    from mapscale.distributed.world import World
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    single = World.from_env()
+    assert (single.rank, single.size, single.is_main, single.distributed) == (0, 1, True, False)
+    assert run_ranks(world_of, 2) == [(0, 2, True, True), (1, 2, False, True)]
