@@ -156,9 +156,10 @@ def export(
 
 
 def _print_layout(recipe, world_size: int) -> None:
-    from mapscale.train import build_model
+    from mapscale.train import build_loss, build_model, trainable_parameters
 
     model = build_model(recipe, "meta")  # shapes only: nothing is allocated, whatever the target's size
+    trainable = sum(p.numel() for p in trainable_parameters(model, build_loss(recipe)))  # the optimiser's count
     layout = model.layout
     bytes_per = 4
     table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.grouping if isinstance(recipe.mapping.grouping, str) else 'custom'} grouping")
@@ -179,8 +180,8 @@ def _print_layout(recipe, world_size: int) -> None:
     summary.add_column(justify="right")
     for key, value in [
         ("target parameters", f"{model.num_target_params():,}"),
-        ("trainable parameters", f"{model.num_trainable():,}"),
-        ("reduction", f"{model.num_target_params() / max(model.num_trainable(), 1):,.1f}x"),
+        ("trainable parameters", f"{trainable:,}"),
+        ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
         ("mapping weights (fp32, dense)", f"{mapping / 2**30:,.3f} GiB"),
         (f"mapping on the heaviest rank, world size {world_size}", f"{per_rank / 2**30:,.3f} GiB"),

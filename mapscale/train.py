@@ -117,6 +117,11 @@ def build_loss(recipe: Recipe) -> MappingLoss:
     return MappingLoss(task_loss(recipe.task), seed=recipe.seed, **options)
 
 
+def trainable_parameters(model: MappedModel, loss_fn: MappingLoss) -> list[nn.Parameter]:
+    """What the optimiser updates: the model's trainable tensors and the loss's learned coefficients."""
+    return [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
+
+
 def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int):
     o = recipe.optim
     if o.optimizer == "sgd":
@@ -302,7 +307,7 @@ def train(
     total_steps = recipe.optim.epochs * batches_per_epoch
     if recipe.optim.max_steps is not None:
         total_steps = min(total_steps, recipe.optim.max_steps)
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
+    params = trainable_parameters(model, loss_fn)
     optimizer, schedule = build_optimizer(recipe, params, total_steps)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)

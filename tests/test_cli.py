@@ -110,6 +110,16 @@ def test_inspect_and_dry_run_show_the_layout(tiny):
     assert "world size 8" in shown.output and "trainable parameters" in shown.output
     dry = invoke("train", tiny, "--dry-run")
     assert dry.exit_code == 0 and "groups" in dry.output
+    # Invariant 2: the printed trainable count is what the optimiser updates (+2 learned loss weights here).
+    assert "trainable parameters │ 64 │" in dry.output
+    with_loss = invoke("inspect", tiny, "loss.stability=0.5", "loss.alignment=0.5")
+    assert "trainable parameters │ 66 │" in with_loss.output
+    from mapscale.recipe import load_recipe
+    from mapscale.train import build_loss, build_model, build_optimizer, trainable_parameters
+
+    recipe = load_recipe(tiny, ["loss.stability=0.5", "loss.alignment=0.5"])
+    optimizer, _ = build_optimizer(recipe, trainable_parameters(build_model(recipe), build_loss(recipe)), 10)
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == 66
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -47,7 +47,6 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    module_type: str
     offset: int = 0
     aliases: tuple[str, ...] = ()
 
@@ -126,7 +125,7 @@ class ParamLayout:
         for (name, tensors), dim in zip(members.items(), dims):
             offset, placed = 0, []
             for spec in tensors:
-                placed.append(_replace_offset(spec, offset))
+                placed.append(replace(spec, offset=offset))
                 offset += spec.numel
             groups.append(GroupSpec(name=name, tensors=tuple(placed), latent_dim=dim))
         by_name = {s.name: s for s in specs}
@@ -282,7 +281,6 @@ def _capture(module: nn.Module) -> tuple[list[TensorSpec], dict[str, nn.Module]]
                 name=names[0],
                 shape=tuple(param.shape),
                 dtype=param.dtype,
-                module_type=type(owners[names[0]]).__name__,
                 aliases=tuple(names[1:]),
             )
         )
@@ -384,10 +382,6 @@ def _assign_groups(specs: list[TensorSpec], owners, grouping: Grouping) -> dict[
             members.setdefault(group, []).append(spec)
         return members
     raise TypeError(f"grouping must be a name, a dict or a callable, got {type(grouping).__name__}")
-
-
-def _replace_offset(spec: TensorSpec, offset: int) -> TensorSpec:
-    return TensorSpec(spec.name, spec.shape, spec.dtype, spec.module_type, offset, spec.aliases)
 
 
 def _preview(names: Sequence[str], limit: int = 5) -> str:
