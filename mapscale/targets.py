@@ -14,15 +14,17 @@ import torch
 from torch import nn
 
 
-def small_mnist_cnn(channels: tuple[int, int] = (8, 16), hidden: int = 32, classes: int = 10) -> nn.Sequential:
-    """A small LeNet-like CNN for 1x28x28 digits (14,410 parameters at the defaults).
+def small_mnist_cnn(
+    channels: tuple[int, int] = (8, 16), hidden: int = 32, classes: int = 10, in_channels: int = 1
+) -> nn.Sequential:
+    """A small LeNet-like CNN for 28x28 digits (14,410 parameters at the defaults).
 
-    conv 1->c1 3x3 -> ReLU -> maxpool 2 (13x13); conv c1->c2 3x3 -> ReLU -> maxpool 2 (5x5);
+    conv in->c1 3x3 -> ReLU -> maxpool 2 (13x13); conv c1->c2 3x3 -> ReLU -> maxpool 2 (5x5);
     flatten c2*25 -> FC hidden -> ReLU -> FC classes. The quick-start and test target.
     """
     c1, c2 = channels
     return nn.Sequential(
-        nn.Conv2d(1, c1, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, c1, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(c2 * 25, hidden), nn.ReLU(), nn.Linear(hidden, classes),
     )
@@ -32,13 +34,9 @@ def cnn2(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
     """The paper's CNN2 (LeNet-inspired), 108,618 parameters on 1x28x28 input with 10 classes.
 
     conv 1->16 3x3 (26x26) -> ReLU -> maxpool 2 (13x13); conv 16->32 3x3 (11x11) -> ReLU -> maxpool 2 (5x5);
-    flatten 800 -> FC 128 -> ReLU -> FC classes.
+    flatten 800 -> FC 128 -> ReLU -> FC classes: `small_mnist_cnn` at the paper's widths.
     """
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 25, 128), nn.ReLU(), nn.Linear(128, classes),
-    )
+    return small_mnist_cnn((16, 32), 128, classes, in_channels)
 
 
 # Builder name -> function, as recipes name them (``target.name``). torchvision models are reached with

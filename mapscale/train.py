@@ -80,15 +80,9 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu") -> MappedMod
         seed=m.seed,
         trainable=[_selector(s) for s in m.trainable],
         frozen=[_selector(s) for s in m.frozen],
-        modulation=m.modulation,
-        modulation_scale=m.modulation_scale,
-        activation=m.activation,
-        offset=m.offset,
-        variant=m.variant,
-        operator=m.operator,
-        latent_init_std=m.latent_init_std,
-        constant_init_std=m.constant_init_std,
         device="meta" if meta else None,
+        # The rest of the section is the generator's options (map_model names any it does not know).
+        **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
     )
     return model if meta else model.to(device)
 
@@ -312,7 +306,7 @@ def train(
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
 
-    step, best, final = 0, {}, {}
+    step, best = 0, {}
     log_path = run_dir / "metrics.jsonl"
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT)
@@ -364,6 +358,10 @@ def train(
     task_id = progress.add_task(recipe.name, total=total_steps, completed=step, loss=float("nan"), metric="", rate=0.0)
     steps_this_run, window_samples, window_start = 0, 0, time.perf_counter()
 
+    def halted() -> bool:
+        """A stop was asked for (signal) or this invocation's --stop-after is used up."""
+        return stop.requested or (stop_after is not None and steps_this_run >= stop_after)
+
     # Train.
     try:
         with progress, stop:
@@ -405,9 +403,9 @@ def train(
                         checkpoint()
                     progress.update(task_id, completed=step, description=f"{recipe.name} epoch {epoch + 1}/{math.ceil(total_steps / batches_per_epoch)}")
 
-                    if step >= total_steps or stop.requested or (stop_after is not None and steps_this_run >= stop_after):
+                    if step >= total_steps or halted():
                         break
-                if stop.requested or (stop_after is not None and steps_this_run >= stop_after):
+                if halted():
                     interrupted = step < total_steps
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: abort mid-step, keep the last complete checkpoint
@@ -416,13 +414,12 @@ def train(
     if interrupted:
         checkpoint()  # nothing lost: the run continues from here with --resume
         console.print(f"stopped at step {step}/{total_steps}; continue with: mapscale train {run_dir} --resume")
-    final = last_eval if last_eval else {}
     if tensorboard is not None:
         tensorboard.close()
     return RunResult(
         run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=total_steps,
         target_params=model.num_target_params(), trainable=sum(p.numel() for p in params),
-        final=final, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
+        final=last_eval, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
     )
 
 

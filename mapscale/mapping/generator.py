@@ -172,7 +172,7 @@ class MappingGenerator(nn.Module):
         ``latent`` replaces the group's latent ``z`` (the Mapping Loss evaluates perturbed latents).
         """
         z = self.latents[index] if latent is None else latent
-        modulator = self.modulators[index] if len(self.modulators) else z
+        modulator = self._modulator(index, z)
         alpha = self.config.modulation_scale
         if self.config.modulation == "multiplicative":
             return z * (1 + alpha * modulator), None
@@ -180,11 +180,15 @@ class MappingGenerator(nn.Module):
             return z, alpha * torch.dot(modulator, z)
         return z, None
 
+    def _modulator(self, index: int, z: Tensor) -> Tensor:
+        """The vector that modulates the mapping: the separate trainable one (``lv-wmap``), else ``z`` itself."""
+        return self.modulators[index] if len(self.modulators) else z
+
     def coefficient_jacobian(self, index: int) -> tuple[Tensor, Tensor | None]:
         """``(m, g)``: ``d c / d z = diag(m)`` and ``d shift / d z = g`` (None when there is no shift)."""
         z = self.latents[index]
         separate = len(self.modulators) > 0
-        modulator = self.modulators[index] if separate else z
+        modulator = self._modulator(index, z)
         alpha = self.config.modulation_scale
         if self.config.modulation == "multiplicative":  # c = z (1 + alpha v)
             return (1 + alpha * modulator) if separate else (1 + 2 * alpha * z), None
@@ -238,7 +242,7 @@ class MappingGenerator(nn.Module):
     def modulated_row_means(self, index: int) -> Tensor:
         """``(latent_dim,)``: the row-wise mean of the modulated mapping ``W̃`` (the paper's ``W_m``)."""
         row_means = self.operators[index].row_means()
-        modulator = self.modulators[index] if len(self.modulators) else self.latents[index]
+        modulator = self._modulator(index, self.latents[index])
         alpha = self.config.modulation_scale
         if self.config.modulation == "multiplicative":  # W̃[i, :] = W[i, :] (1 + alpha v_i)
             return row_means * (1 + alpha * modulator)
