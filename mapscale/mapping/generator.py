@@ -27,7 +27,7 @@ trains the mapping weights; ``"lv-wmap"`` modulates the mapping with a separate 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mapscale.mapping.layout import GroupSpec, ParamLayout
-from mapscale.mapping.operators import OPERATORS, mapping_key
+from mapscale.mapping.operators import OPERATORS, mapping_key, num_blocks, orthonormalizer, seeded_gram
 
 Modulation = Literal["additive", "multiplicative", "none"]
 Activation = Literal["identity", "tanh"]
@@ -104,6 +104,38 @@ class GeneratorConfig:
         return 1.0 if self.offset == "mean" else 0.0
 
 
+@dataclass(frozen=True)
+class GatherUnit:
+    """Tensors generated and gathered together: this generator's ``pieces`` (indices into `Shard.pieces`, in
+    the unit's row order) and where each tensor lies in the unit's gathered flat vector."""
+
+    name: str
+    pieces: tuple[int, ...]
+    tensors: tuple[tuple[str, int], ...]  # (tensor name, offset in the unit's flat vector)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of the mapping one of ``count`` cooperating generators holds (the distributed layer makes one
+    per rank, `mapscale.distributed.sharding`; this module knows nothing of processes).
+
+    pieces: ``(group index, start, stop)`` column ranges of the groups' flat vectors this generator holds;
+        it builds the mapping columns of those ranges only, from the seed.
+    units: the sharding units; each unit's pieces, concatenated, are this generator's rows of the unit.
+    gather: ``(unit index, local rows) -> the unit's whole flat vector`` (a differentiable all-gather).
+    reduce: sums a tensor over all cooperating generators (an all-reduce SUM). Construction uses it for the
+        exact integer Gram of each group (``index`` of ``count`` computes its share of the blocks) and for the
+        per-tensor calibration moments; the Mapping Loss's row statistics use it once, then cache.
+    """
+
+    pieces: tuple[tuple[int, int, int], ...]
+    units: tuple[GatherUnit, ...]
+    gather: Callable[[int, Tensor], Tensor]
+    reduce: Callable[[Tensor], Tensor]
+    index: int = 0
+    count: int = 1
+
+
 def _one_of(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {field} {value!r}; choose one of {list(allowed)}")
@@ -129,18 +161,25 @@ class MappingGenerator(nn.Module):
         config: GeneratorConfig = GeneratorConfig(),
         *,
         device: torch.device | str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         super().__init__()
-        self.layout, self.config = layout, config
+        self.layout, self.config, self.shard = layout, config, shard
         device = torch.device(device or "cpu")
         train_latents, train_mapping, separate_modulator = VARIANTS[config.variant]
         operator_cls = OPERATORS[config.operator]
         std = config.resolved_latent_init_std
+        if shard is not None and train_mapping:
+            raise ValueError(f"variant {config.variant!r} trains the mapping weights, which cannot be sharded; use variant 'mapping' or 'lv-wmap'")
+        # Column pieces this generator holds, one operator each: every group whole (piece i is group i), or a shard.
+        self.pieces = [(i, 0, g.numel) for i, g in enumerate(layout.groups)] if shard is None else [tuple(p) for p in shard.pieces]
+        transforms = self._shard_transforms(device) if shard is not None else {}
 
         self.operators = nn.ModuleList()
         self.latents = nn.ParameterList()
         self.modulators = nn.ParameterList()
-        for index, group in enumerate(layout.groups):
+        for k, (index, start, stop) in enumerate(self.pieces):
+            group = layout.groups[index]
             self.operators.append(
                 operator_cls(
                     group.latent_dim,
@@ -149,20 +188,50 @@ class MappingGenerator(nn.Module):
                     trainable=train_mapping,
                     dtype=config.mapping_dtype,
                     device=device,
+                    columns=None if shard is None else (start, stop),
+                    transform=transforms.get(index),
                 )
             )
+            if config.offset == "init":
+                base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop]
+                self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,)
+        for group in layout.groups:
             z0 = latent_init(config.seed, group.name, group.latent_dim, std).to(device)
             self.latents.append(nn.Parameter(z0, requires_grad=train_latents))
             if separate_modulator:
                 self.modulators.append(nn.Parameter(z0.clone()))
-            if config.offset == "init":
-                base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])
-                self.register_buffer(f"base_{index}", base.to(device), persistent=False)  # (P_g,)
         # (4, num tensors) per group: in_scale, in_shift, out_scale, out_shift; derived, never checkpointed.
+        affines = self._calibrate(init_tensors)
         for index, group in enumerate(layout.groups):
-            self.register_buffer(f"affine_{index}", self._calibrate(index, group, init_tensors), persistent=False)
+            self.register_buffer(f"affine_{index}", affines[index], persistent=False)
             numels = torch.tensor([t.numel for t in group.tensors], device=device)
             self.register_buffer(f"numels_{index}", numels, persistent=False)  # (num tensors,)
+        self._reduced_cache: dict = {}
+        self._specs = {spec.name: spec for spec in layout.generated_tensors()}
+
+    def _shard_transforms(self, device: torch.device) -> dict[int, Tensor]:
+        """Each held group's `orthonormalizer`, its exact Gram summed over the cooperating generators (each
+        computes the blocks ``index::count``), so no generator draws the whole group's raw entries."""
+        shard, held = self.shard, {p[0] for p in self.pieces}
+        transforms = {}
+        for index, group in enumerate(self.layout.groups):
+            if device.type == "meta":
+                continue
+            key = mapping_key(self.config.seed, group.name)
+            blocks = range(shard.index, num_blocks(group.numel), shard.count)
+            gram = shard.reduce(seeded_gram(key, group.latent_dim, group.numel, blocks))  # exact: int64 sums
+            if index in held:
+                transforms[index] = orthonormalizer(gram)
+        return transforms
+
+    def _reduce(self, tensor: Tensor) -> Tensor:
+        return tensor if self.shard is None else self.shard.reduce(tensor)
+
+    def _clipped_numels(self, k: int) -> Tensor:
+        """``(num tensors,)`` elements of each of the group's tensors inside piece ``k`` (0 for those outside)."""
+        index, start, stop = self.pieces[k]
+        bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
+        return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
 
     # -- the pipeline, stage by stage (the distributed layer reuses each stage on a slice) --------------
 
@@ -196,29 +265,44 @@ class MappingGenerator(nn.Module):
             return torch.ones_like(z), alpha * modulator if separate else 2 * alpha * z
         return torch.ones_like(z), None
 
-    def raw(self, index: int, latent: Tensor | None = None) -> Tensor:
-        """``(P_g,)`` raw output ``u`` of group ``index``: ``W̃ᵀ z`` before scale, offset and activation."""
-        coefficients, shift = self.coefficients(index, latent)
-        out = self.operators[index](coefficients)
+    def raw_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
+        """``(stop - start,)`` raw output ``u[start:stop]`` of piece ``k``: ``W̃ᵀ z`` before scale, offset and
+        activation (``latent`` replaces the piece's group latent)."""
+        coefficients, shift = self.coefficients(self.pieces[k][0], latent)
+        out = self.operators[k](coefficients)
         return out if shift is None else out + shift
 
-    def postprocess(self, index: int, raw: Tensor, start: int = 0) -> Tensor:
-        """Per-tensor affine + activation on ``raw = u[start : start + len(raw)]`` of group ``index``."""
-        in_scale, in_shift, out_scale, out_shift = self._per_element_affine(index, start, raw.shape[0])
+    def postprocess_piece(self, k: int, raw: Tensor) -> Tensor:
+        """Per-tensor affine + activation (+ ``theta_0`` for ``offset="init"``) on piece ``k``'s raw output."""
+        in_scale, in_shift, out_scale, out_shift = self._per_element_affine(k)
         out = ACTIVATIONS[self.config.activation](raw * in_scale + in_shift) * out_scale + out_shift
         if self.config.offset == "init":
-            out = out + getattr(self, f"base_{index}")[start : start + raw.shape[0]]
+            out = out + getattr(self, f"base_{k}")
         return out
 
-    def _per_element_affine(self, index: int, start: int, length: int) -> tuple[Tensor, ...]:
-        affine, numels = getattr(self, f"affine_{index}"), getattr(self, f"numels_{index}")
-        total = self.layout.groups[index].numel
-        per_element = torch.repeat_interleave(affine, numels, dim=1, output_size=total)  # (4, P_g)
-        return per_element[:, start : start + length].unbind(dim=0)
+    def _per_element_affine(self, k: int) -> tuple[Tensor, ...]:
+        index, start, stop = self.pieces[k]
+        affine = getattr(self, f"affine_{index}")
+        numels = getattr(self, f"numels_{index}") if (start, stop) == (0, self.layout.groups[index].numel) else self._clipped_numels(k).to(affine.device)
+        return torch.repeat_interleave(affine, numels, dim=1, output_size=stop - start).unbind(dim=0)  # 4 x (stop - start,)
+
+    def generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
+        """``(stop - start,)``: the generated parameters of piece ``k`` (the distributed layer gathers these)."""
+        return self.postprocess_piece(k, self.raw_piece(k, latent))
+
+    def _whole(self, index: int) -> int:
+        """The piece index of group ``index``, which this (unsharded) generator holds whole."""
+        if self.shard is not None:
+            raise RuntimeError("a sharded generator holds only its pieces; gather them (mapscale.distributed) for whole groups")
+        return index
+
+    def raw(self, index: int, latent: Tensor | None = None) -> Tensor:
+        """``(P_g,)`` raw output ``u`` of group ``index``: ``W̃ᵀ z`` before scale, offset and activation."""
+        return self.raw_piece(self._whole(index), latent)
 
     def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
         """``(P_g,)``: the flat generated parameters of group ``index``."""
-        return self.postprocess(index, self.raw(index, latent))
+        return self.generate_piece(self._whole(index), latent)
 
     def split(self, index: int, flat: Tensor) -> dict[str, Tensor]:
         """Views of a group's flat vector as its named tensors (tied aliases included)."""
@@ -229,8 +313,27 @@ class MappingGenerator(nn.Module):
                 out[name] = tensor
         return out
 
+    def generate_unit(self, unit: int, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """``{name: tensor}`` for the tensors of sharding unit ``unit``: this generator's rows, gathered."""
+        if self.shard is None:
+            raise RuntimeError("generate_unit needs a sharded generator; use forward() or generate_group()")
+        spec_unit = self.shard.units[unit]
+        parts = [self.generate_piece(k, None if latents is None else latents[self.pieces[k][0]]) for k in spec_unit.pieces]
+        local = torch.cat(parts) if parts else self.latents[0].new_zeros(0)  # (rows owned,)
+        flat = self.shard.gather(unit, local)  # (unit rows,)
+        out = {}
+        for name, offset in spec_unit.tensors:
+            spec = self._specs[name]
+            tensor = flat[offset : offset + spec.numel].view(spec.shape).to(spec.dtype)
+            for alias in spec.names:
+                out[alias] = tensor
+        return out
+
     def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """``{name: tensor}`` for every generated name; ``latents`` (one per group) replace the trained ones."""
+        """``{name: tensor}`` for every generated name; ``latents`` (one per group) replace the trained ones.
+        A sharded generator generates its rows and gathers each unit (a collective: every rank calls it)."""
+        if self.shard is not None:
+            return {name: t for unit in range(len(self.shard.units)) for name, t in self.generate_unit(unit, latents).items()}
         out: dict[str, Tensor] = {}
         for index in range(len(self.layout.groups)):
             latent = None if latents is None else latents[index]
@@ -241,7 +344,7 @@ class MappingGenerator(nn.Module):
 
     def modulated_row_means(self, index: int) -> Tensor:
         """``(latent_dim,)``: the row-wise mean of the modulated mapping ``W̃`` (the paper's ``W_m``)."""
-        row_means = self.operators[index].row_means()
+        row_means = self._group_row_means(index)
         modulator = self._modulator(index, self.latents[index])
         alpha = self.config.modulation_scale
         if self.config.modulation == "multiplicative":  # W̃[i, :] = W[i, :] (1 + alpha v_i)
@@ -249,6 +352,48 @@ class MappingGenerator(nn.Module):
         if self.config.modulation == "additive":  # W̃[i, :] = W[i, :] + alpha v_i
             return row_means + alpha * modulator
         return row_means
+
+    def _group_row_means(self, index: int) -> Tensor:
+        """``(latent_dim,)`` row means of group ``index``'s ``W``: the operator's own when held whole, else the
+        reduced sum over every generator's pieces (fixed mapping: reduced once, cached)."""
+        if self.shard is None:
+            return self.operators[index].row_means()
+
+        def compute() -> Tensor:
+            sums = torch.zeros_like(self.latents[index], dtype=torch.float32)
+            for k, (g, start, stop) in enumerate(self.pieces):
+                if g == index:
+                    sums = sums + self.operators[k].row_means() * (stop - start)
+            return self._reduce(sums) / self.layout.groups[index].numel
+
+        return self._reduced(("row_means", index), compute)
+
+    def _group_segment_row_sums(self, index: int) -> tuple[Tensor, Tensor] | None:
+        """Per-tensor row sums of ``W`` and ``W∘W`` for group ``index`` (see `jacobian_sq_norm`), or None."""
+        if self.shard is None:
+            operator = self.operators[index]
+            return operator.segment_row_sums(getattr(self, f"numels_{index}")) if hasattr(operator, "segment_row_sums") else None
+        if not all(hasattr(op, "segment_row_sums") for op in self.operators):
+            return None
+
+        def compute() -> Tensor:
+            d, tensors = self.layout.groups[index].latent_dim, len(self.layout.groups[index].tensors)
+            both = torch.zeros(2, d, tensors, device=self.latents[index].device)
+            for k, (g, _, _) in enumerate(self.pieces):
+                if g == index:
+                    both = both + torch.stack(self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device)))
+            return self._reduce(both)
+
+        both = self._reduced(("segment_row_sums", index), compute)
+        return both[0], both[1]
+
+    def _reduced(self, key, compute):
+        """A quantity of the fixed mapping summed over the cooperating generators: one collective, then cached.
+        Every generator calls these in the same order (the Mapping Loss does), as collectives require."""
+        if key not in self._reduced_cache:
+            with torch.no_grad():
+                self._reduced_cache[key] = compute()
+        return self._reduced_cache[key]
 
     def jacobian_sq_norm(self, index: int) -> Tensor | None:
         """``||d theta_g / d z_g||_F²`` exactly, or None when the operator cannot give it cheaply.
@@ -260,21 +405,22 @@ class MappingGenerator(nn.Module):
         sums of the mapping (``O(latent_dim x tensors)`` per step); otherwise from one product with ``W``
         and one with ``W∘W``.
         """
-        operator = self.operators[index]
         m, g = self.coefficient_jacobian(index)
         in_scale, in_shift, out_scale, _ = getattr(self, f"affine_{index}")  # (T,) each
         if self.config.activation == "identity":
-            if not hasattr(operator, "segment_row_sums"):
+            row_sums = self._group_segment_row_sums(index)
+            if row_sums is None:
                 return None
             c_sq = (out_scale * in_scale) ** 2  # (T,)
-            sums, sq_sums = operator.segment_row_sums(getattr(self, f"numels_{index}"))  # (d, T) each
+            sums, sq_sums = row_sums  # (d, T) each
             a, b = sq_sums @ c_sq, sums @ c_sq
             total_c_sq = (c_sq * getattr(self, f"numels_{index}")).sum()
         else:
-            if not hasattr(operator, "weighted_row_sums"):
+            operator = self.operators[index] if self.shard is None else None
+            if not hasattr(operator, "weighted_row_sums"):  # needs the whole group's raw output
                 return None
             raw = self.raw(index)
-            in_s, in_sh, out_s, _ = self._per_element_affine(index, 0, raw.shape[0])
+            in_s, in_sh, out_s, _ = self._per_element_affine(index)
             slope = ACTIVATION_SLOPES[self.config.activation](raw * in_s + in_sh)
             c_sq_el = (out_s * slope * in_s) ** 2  # (P_g,); depends on z through act'(pre)
             sums, sq_sums = operator.weighted_row_sums(c_sq_el)
@@ -287,35 +433,72 @@ class MappingGenerator(nn.Module):
     # -- construction-time calibration ------------------------------------------------------------------
 
     @torch.no_grad()
-    def _calibrate(self, index: int, group: GroupSpec, init_tensors: Mapping[str, Tensor]) -> Tensor:
-        device = self.latents[index].device
+    def _calibrate(self, init_tensors: Mapping[str, Tensor]) -> list[Tensor]:
+        """``[(4, num tensors)]`` per group, from per-tensor moments of the raw output at the initial latents.
+
+        The moments are float64 sums over this generator's pieces, reduced over the cooperating generators,
+        so a sharded build calibrates exactly like a single one (up to float64 summation order).
+        """
+        groups = self.layout.groups
+        device = self.latents[0].device if len(self.latents) else torch.device("cpu")
         if device.type == "meta":
-            return torch.empty(4, len(group.tensors), device="meta")
+            return [torch.empty(4, len(g.tensors), device="meta") for g in groups]
         act = ACTIVATIONS[self.config.activation]
-        raw = self.raw(index).to(torch.float64)
-        coefficient_norm = torch.linalg.vector_norm(self.coefficients(index)[0].double()).item()
-        # A latent whose coefficients have unit-variance entries gives u entries of std sqrt(d / P_g).
-        reference_scale = math.sqrt(group.numel) / (coefficient_norm if coefficient_norm > 0 else math.sqrt(group.latent_dim))
-        rows = []
-        for spec in group.tensors:
-            theta0 = init_tensors[spec.name].detach().to(torch.float64).reshape(-1).cpu()
-            target_std = theta0.std(unbiased=False).item() if theta0.numel() > 1 else 0.0
-            if target_std <= 1e-12 * max(1.0, abs(theta0.mean().item())):
-                target_std = self.config.constant_init_std
-            u = raw[spec.offset : spec.offset + spec.numel].cpu()
-            if self.config.offset == "init":
-                # theta = theta_0 + out_scale * act(in_scale * u): exactly theta_0 at z = 0.
-                rows.append([reference_scale, 0.0, target_std, 0.0])
-                continue
-            spread = u.std(unbiased=False).item() if u.numel() > 1 else 0.0
-            in_scale = 1.0 / spread if spread > 1e-12 else reference_scale
-            in_shift = -u.mean().item() * in_scale
-            v = act(u * in_scale + in_shift)
-            v_std = v.std(unbiased=False).item() if v.numel() > 1 else 0.0
-            out_scale = target_std / v_std if v_std > 1e-12 else target_std
-            out_shift = theta0.mean().item() - out_scale * v.mean().item()
-            rows.append([in_scale, in_shift, out_scale, out_shift])
-        return torch.tensor(rows, dtype=torch.float32, device=device).T.contiguous()
+
+        def moments(transform=None) -> list[Tensor]:
+            """Per group ``(2, T)`` float64: sum and sum of squares over each tensor of ``transform(k, u)``."""
+            out = [torch.zeros(2, len(g.tensors), dtype=torch.float64) for g in groups]
+            for k, (index, _, _) in enumerate(self.pieces):
+                u = self.raw_piece(k).to(torch.float64).cpu()
+                if transform is not None:
+                    u = transform(k, u)
+                numels = self._clipped_numels(k).tolist()
+                for t, segment in enumerate(u.split(numels)):
+                    if numels[t]:
+                        out[index][:, t] += torch.stack([segment.sum(), segment.square().sum()])
+            return [self._reduce(m.to(device)).cpu() for m in out]
+
+        def mean_std(sums: Tensor, count: int) -> tuple[float, float]:
+            mean = sums[0].item() / count
+            return mean, math.sqrt(max(sums[1].item() / count - mean * mean, 0.0))
+
+        raw_moments = moments()
+        affines = []
+        for index, group in enumerate(groups):
+            coefficient_norm = torch.linalg.vector_norm(self.coefficients(index)[0].double()).item()
+            # A latent whose coefficients have unit-variance entries gives u entries of std sqrt(d / P_g).
+            reference_scale = math.sqrt(group.numel) / (coefficient_norm if coefficient_norm > 0 else math.sqrt(group.latent_dim))
+            rows = []
+            for t, spec in enumerate(group.tensors):
+                theta0 = init_tensors[spec.name].detach().to(torch.float64).reshape(-1).cpu()
+                target_std = theta0.std(unbiased=False).item() if theta0.numel() > 1 else 0.0
+                if target_std <= 1e-12 * max(1.0, abs(theta0.mean().item())):
+                    target_std = self.config.constant_init_std
+                if self.config.offset == "init":
+                    # theta = theta_0 + out_scale * act(in_scale * u): exactly theta_0 at z = 0.
+                    rows.append([reference_scale, 0.0, target_std, 0.0])
+                    continue
+                u_mean, spread = mean_std(raw_moments[index][:, t], spec.numel)
+                in_scale = 1.0 / spread if spread > 1e-12 else reference_scale
+                rows.append([in_scale, -u_mean * in_scale, target_std, theta0.mean().item()])
+            affines.append(torch.tensor(rows, dtype=torch.float64))
+        if self.config.offset == "init":
+            return [a.T.contiguous().to(torch.float32).to(device) for a in affines]
+
+        # Second pass: the spread of act(standardised u), so out_* restore the target's mean and std.
+        def standardised(k: int, u: Tensor) -> Tensor:
+            index = self.pieces[k][0]
+            per_element = torch.repeat_interleave(affines[index][:, :2].T, self._clipped_numels(k), dim=1)
+            return act(u * per_element[0] + per_element[1])
+
+        act_moments = moments(standardised)
+        for index, group in enumerate(groups):
+            for t, spec in enumerate(group.tensors):
+                target_std, target_mean = affines[index][t, 2].item(), affines[index][t, 3].item()
+                v_mean, v_std = mean_std(act_moments[index][:, t], spec.numel)
+                out_scale = target_std / v_std if v_std > 1e-12 else target_std
+                affines[index][t, 2:] = torch.tensor([out_scale, target_mean - out_scale * v_mean], dtype=torch.float64)
+        return [a.T.contiguous().to(torch.float32).to(device) for a in affines]
 
     # -- accounting ---------------------------------------------------------------------------------------
 

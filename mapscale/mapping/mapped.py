@@ -11,13 +11,13 @@ through ``torch.func.functional_call`` with the generated tensors swapped in und
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator, Shard
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
 
 
@@ -114,6 +114,7 @@ def map_model(
     frozen: Iterable[Selector] = (),
     budget_rule: BudgetRule | None = None,
     device: torch.device | str | None = None,
+    shard: Callable[[ParamLayout], Shard] | None = None,
     **generator_options,
 ) -> MappedModel:
     """Turn ``model`` into a `MappedModel` whose parameters are generated from small latents.
@@ -131,6 +132,10 @@ def map_model(
     modulation_scale, activation, offset, variant, operator, latent_init_std, constant_init_std,
     mapping_dtype). ``device`` defaults to where ``model``'s parameters are; ``"meta"`` builds shapes only.
 
+    ``shard`` (multi-rank runs) is called with the layout and returns this process's `Shard` of the mapping
+    (`mapscale.distributed.sharding` makes it): the generator then holds only its rows of the mapping and
+    gathers the rest from the other ranks on every forward.
+
     The model's current parameter values are taken as its default initialisation (seed the global RNG
     before building it for a reproducible run); its generated parameters are removed from it.
     """
@@ -142,5 +147,5 @@ def map_model(
     if device is None:
         device = next(model.parameters()).device
     init = {spec.name: model.get_parameter(spec.name).detach() for spec in layout.generated_tensors()}
-    generator = MappingGenerator(layout, init, config, device=device)
+    generator = MappingGenerator(layout, init, config, device=device, shard=None if shard is None else shard(layout))
     return MappedModel(model, generator)

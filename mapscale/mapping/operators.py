@@ -96,12 +96,21 @@ def _block_gram(block: Tensor) -> Tensor:
     return (wide @ wide.T).to(torch.int64)  # exact: integer-valued, below 2**53
 
 
+def seeded_gram(key: int, latent_dim: int, num_outputs: int, blocks: range | None = None) -> Tensor:
+    """The exact int64 Gram ``G Gᵀ`` summed over ``blocks`` (default: all), streaming (``O(latent_dim²)`` memory).
+
+    Being integer, partial Grams over disjoint block sets add up to exactly the full one in any order: the
+    distributed build splits the blocks across ranks and sums with an all-reduce.
+    """
+    gram = torch.zeros(latent_dim, latent_dim, dtype=torch.int64)
+    for block in blocks if blocks is not None else range(num_blocks(num_outputs)):
+        gram += _block_gram(raw_block(key, latent_dim, num_outputs, block))
+    return gram
+
+
 def seeded_orthonormalizer(key: int, latent_dim: int, num_outputs: int) -> Tensor:
     """`orthonormalizer` of the seeded mapping, streaming over its blocks (``O(latent_dim²)`` memory)."""
-    gram = torch.zeros(latent_dim, latent_dim, dtype=torch.int64)
-    for block in range(num_blocks(num_outputs)):
-        gram += _block_gram(raw_block(key, latent_dim, num_outputs, block))
-    return orthonormalizer(gram)
+    return orthonormalizer(seeded_gram(key, latent_dim, num_outputs))
 
 
 def seeded_columns(key: int, latent_dim: int, num_outputs: int, start: int, stop: int, transform: Tensor) -> Tensor:
@@ -140,6 +149,9 @@ def build_orthonormal_mapping(key: int, latent_dim: int, num_outputs: int, dtype
 class DenseOperator(nn.Module):
     """The stored orthonormal matrix: the paper's baseline, ``latent_dim * P_g`` floats.
 
+    ``columns=(start, stop)`` holds only those columns of ``W`` (a shard: ``forward`` gives
+    ``(Wᵀ c)[start:stop]`` and the row statistics cover only those columns), rebuilt bit-identically from the
+    seed with ``transform``, the group's `orthonormalizer` (computed from the whole group when not given).
     ``trainable=True`` holds ``W`` as an ``nn.Parameter`` (the paper's Table 7 "Full DNN" ablations);
     otherwise it is a non-persistent buffer, never in a state_dict or checkpoint (invariant 3).
     On the ``meta`` device only shapes exist, for inspecting layouts too large to build.
@@ -154,14 +166,25 @@ class DenseOperator(nn.Module):
         trainable: bool = False,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        columns: tuple[int, int] | None = None,
+        transform: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
+        self.columns = (0, num_outputs) if columns is None else (int(columns[0]), int(columns[1]))
+        start, stop = self.columns
+        if not 0 <= start <= stop <= num_outputs:
+            raise ValueError(f"columns {self.columns} are outside the {num_outputs} outputs")
+        if latent_dim > num_outputs:
+            raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
         if torch.device(device or "cpu").type == "meta":
-            weight = torch.empty(latent_dim, num_outputs, dtype=dtype, device="meta")
-        else:
+            weight = torch.empty(latent_dim, stop - start, dtype=dtype, device="meta")
+        elif columns is None and transform is None:
             # Built on the CPU whatever the device, so every device holds the same numbers.
             weight = build_orthonormal_mapping(key, latent_dim, num_outputs, dtype).to(device)
+        else:
+            transform = seeded_orthonormalizer(key, latent_dim, num_outputs) if transform is None else transform
+            weight = seeded_columns(key, latent_dim, num_outputs, start, stop, transform).to(dtype).to(device)
         if trainable:
             self.weight = nn.Parameter(weight)
         else:
@@ -175,6 +198,7 @@ class DenseOperator(nn.Module):
         return coefficients.to(self.weight.dtype) @ self.weight  # (d,) @ (d, P_g) -> (P_g,)
 
     def row_means(self) -> Tensor:
+        """Mean over the held columns (all of ``W``'s unless ``columns`` cut a shard)."""
         return self._derived("row_means", lambda: self.weight.mean(dim=1, dtype=torch.float32))
 
     def segment_row_sums(self, numels: Tensor) -> tuple[Tensor, Tensor]:
@@ -206,11 +230,12 @@ class DenseOperator(nn.Module):
         return sums, sq_sums
 
     def extra_repr(self) -> str:
-        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}, dtype={self.weight.dtype}"
+        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
+        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, dtype={self.weight.dtype}"
 
 
 # Operator name -> class, as recipes name them. Each takes (latent_dim, num_outputs, key, *, trainable,
-# dtype, device) and has a static storage_bytes(latent_dim, num_outputs, dtype).
+# dtype, device, columns, transform) and has a static storage_bytes(latent_dim, num_outputs, dtype).
 OPERATORS: dict[str, type[nn.Module]] = {
     "dense": DenseOperator,
 }
