@@ -5,6 +5,7 @@
     mapscale eval runs/MnistCNN2-20261123-120000
     mapscale inspect recipes/resnet50_deepfake.py --world-size 8
     mapscale export runs/MnistCNN2-20261123-120000 --out model.safetensors
+    mapscale launch recipes/mnist_cnn2.py --nproc 2 --launcher deepspeed --dry-run
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def train(
     `mapscale train RUN_DIR --resume`.
     """
     from mapscale.data import DataError
+    from mapscale.distributed.world import World
     from mapscale.train import new_run_dir, train as run_training, write_run_files
 
     recipe = _load(recipe_path, overrides)
@@ -75,17 +77,27 @@ def train(
             _fail(f"--resume needs a run directory with a checkpoint; {run_dir} has none")
         if overrides:
             _fail("--resume continues a run exactly as it was recorded; overrides are not allowed")
-    else:
-        run_dir = new_run_dir(recipe)
-        write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
-    console.print(f"run directory: {run_dir}")
+    # Under torchrun / deepspeed every rank runs this command; rank 0 alone names and writes the run directory.
+    world = World.start(recipe.distributed.backend, device)
+    out = console if world.is_main else Console(quiet=True)
     try:
-        result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=console)
-    except (DataError, FileNotFoundError, ValueError) as err:
-        if not resume and not (run_dir / "checkpoint.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
-        _fail(str(err))
-    _print_summary(result)
+        if not resume:
+            run_dir = world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
+            if world.is_main:
+                write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
+        out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
+        try:
+            result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=out, world=world)
+        except (DataError, FileNotFoundError, ValueError) as err:
+            if world.is_main and not resume and not (run_dir / "checkpoint.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
+            if world.is_main:
+                _fail(str(err))
+            raise typer.Exit(code=2) from err
+    finally:
+        world.stop()
+    if world.is_main:
+        _print_summary(result)
     if result.interrupted:
         raise typer.Exit(code=130)
 
@@ -153,6 +165,42 @@ def export(
         torch.save(weights, out)
     total = sum(t.numel() for t in weights.values())
     console.print(f"wrote {out}: {len(weights)} tensors, {total:,} values, from step {state['step']}")
+
+
+@app.command()
+def launch(
+    recipe_path: Annotated[str, typer.Argument(help="A recipe file (.py), a resolved recipe.json, or a run directory.", show_default=False)],
+    overrides: OverridesArg = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes (ranks) per node, usually one per GPU.", show_default=False)] = ...,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Nodes taking part.")] = 1,
+    node_rank: Annotated[Optional[int], typer.Option("--node-rank", help="This node's rank, 0..nnodes-1 (multi-node torchrun; deepspeed without ssh).")] = None,
+    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.")] = None,
+    master_port: Annotated[int, typer.Option("--master-port", help="Rendezvous port on node 0.")] = 29500,
+    hostfile: Annotated[Optional[str], typer.Option("--hostfile", help="DeepSpeed hostfile ('host slots=N' lines; see launch/hostfile.example).")] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="torchrun or deepspeed.")] = "torchrun",
+    deepspeed_config: Annotated[Optional[str], typer.Option("--deepspeed-config", help="A DeepSpeed JSON config (e.g. launch/ds_zero1_bf16.json): adds distributed.deepspeed=PATH.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and exit without running it.")] = False,
+) -> None:
+    """Print and run the torchrun or deepspeed command that trains RECIPE on many ranks
+    (`mapscale train` on every rank). Arguments after `--` go to `mapscale train` as they are, e.g. `-- --resume`."""
+    import sys
+
+    from mapscale.distributed.launch import find_launcher, format_command, launch_command, run_command
+
+    try:
+        argv = launch_command(
+            recipe_path, overrides or [], nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+            master_port=master_port, hostfile=hostfile, launcher=launcher, deepspeed_config=deepspeed_config,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    executable = find_launcher(argv[0])
+    if executable is None and not dry_run:
+        _fail(f"{argv[0]} not found next to {sys.executable} or on PATH; install torch (torchrun) or deepspeed in this environment")
+    argv = [executable or argv[0], *argv[1:]]
+    typer.echo(format_command(argv))  # plain text: rich would wrap it and eat [brackets] in overrides
+    if not dry_run:
+        raise typer.Exit(code=run_command(argv))
 
 
 def _print_layout(recipe, world_size: int) -> None:

@@ -44,6 +44,18 @@ class Metrics:
             n = self.num_classes
             self.confusion += torch.bincount(target[keep] * n + predicted[keep], minlength=n * n).reshape(n, n)
 
+    def reduce(self, sum_over_ranks) -> None:
+        """Sum the accumulated state over processes (``sum_over_ranks``: a SUM all-reduce, e.g. `World.sum`)
+        before `compute`, when each rank evaluated its share of the split."""
+        packed = torch.tensor([self.count, self.correct, self.loss_sum, self.squared_error], dtype=torch.float64)
+        if self.confusion is not None:
+            packed = torch.cat([packed, self.confusion.flatten().double()])
+        packed = sum_over_ranks(packed)  # float64: counts stay exact below 2**53
+        self.count, self.correct = int(packed[0].item()), int(packed[1].item())
+        self.loss_sum, self.squared_error = packed[2].item(), packed[3].item()
+        if self.confusion is not None:
+            self.confusion = packed[4:].round().to(torch.int64).reshape(self.confusion.shape)
+
     def compute(self) -> dict[str, float]:
         if self.task == "classification":
             return {"accuracy": self.correct / max(self.count, 1), "loss": self.loss_sum / max(self.count, 1)}

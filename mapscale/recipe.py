@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic._internal._model_construction import ModelMetaclass
 
 
@@ -182,15 +182,53 @@ class OptimSection(Section):
 
 
 class DistributedSection(Section):
-    """Multi-rank runs (sharded generation). Not available yet: a run launched on more than one rank stops
-    with an error until the distributed issue lands."""
+    """Multi-rank runs: sharded generation under ``torchrun`` or the ``deepspeed`` launcher (``mapscale launch``).
+
+    Each rank holds only its rows of the fixed mapping (invariant 5), generates them, all-gathers each
+    sharding unit for the forward pass and reduce-scatters the gradients back; the trainable tensors are
+    replicated and their gradients averaged once, so N ranks train exactly like one process on the same
+    global batch (invariant 4). Ignored in a single process.
+    """
 
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """Process-group backend (``auto``: nccl on GPUs, gloo on CPUs)."""
-    deepspeed: dict[str, Any] | None = None
-    """DeepSpeed config passed through to ``deepspeed.initialize``."""
-    sharding: Literal["whole", "per-unit"] = "whole"
-    """Sharding units: the whole target, or one unit per block."""
+    deepspeed: dict[str, Any] | Path | None = None
+    """A DeepSpeed config (a dict, or a JSON file such as ``launch/ds_zero1_bf16.json``): DeepSpeed's engine
+    then owns the optimiser step, precision, gradient averaging and clipping of the trainable tensors. Batch
+    sizes and clipping are filled in from ``optim`` where the config leaves them out. None: plain
+    ``torch.distributed`` (an all-reduce of the trainable gradients)."""
+    units: list[str] = Field(default_factory=list)
+    """Sharding units, as module-path prefixes in forward order (e.g. ``["conv1", "layer1", ..., "fc"]``;
+    tensors matching none form a last unit). Empty: the whole target is one unit."""
+    gather: Literal["whole", "per-unit"] = "whole"
+    """``whole``: gather every unit before the forward pass. ``per-unit``: gather each unit just before its
+    module runs and free it after; backward regenerates and re-gathers it (activation checkpointing of the
+    unit), so peak generated-parameter memory is one unit, at the cost of a second generation. Units must
+    then be modules (not ``(rest)``) that run once per forward."""
+
+    @field_validator("deepspeed", mode="before")
+    @classmethod
+    def _config_file(cls, value):
+        if isinstance(value, str):
+            return Path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _per_unit_needs_units(self):
+        if self.gather == "per-unit" and not self.units:
+            raise ValueError("distributed.gather='per-unit' needs distributed.units (module prefixes such as ['layer1', 'layer2'])")
+        return self
+
+    def deepspeed_config(self) -> dict[str, Any] | None:
+        """The DeepSpeed config as a dict (read from its file when it is a path), or None."""
+        if self.deepspeed is None or isinstance(self.deepspeed, dict):
+            return self.deepspeed
+        try:
+            return json.loads(Path(self.deepspeed).read_text())
+        except FileNotFoundError as err:
+            raise RecipeError(f"distributed.deepspeed: no DeepSpeed config file {self.deepspeed}") from err
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"distributed.deepspeed: {self.deepspeed} is not valid JSON: {err}") from err
 
 
 class OutputSection(Section):

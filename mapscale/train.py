@@ -34,6 +34,8 @@ from torch import nn
 
 import mapscale
 from mapscale.data import DataSplits, build_datasets
+from mapscale.distributed.sharding import sharding
+from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
 from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
 from mapscale.mapping.mapped import MappedModel, map_model
@@ -43,7 +45,7 @@ from mapscale.recipe import Recipe
 from mapscale.targets import build_target
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: optimiser and schedule under "optim" (DeepSpeed runs), "world_size"
 
 
 @dataclass
@@ -65,14 +67,17 @@ class RunResult:
 # -- building: recipe -> objects -----------------------------------------------------------------------------
 
 
-def build_model(recipe: Recipe, device: torch.device | str = "cpu") -> MappedModel:
+def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World | None = None) -> MappedModel:
     """The recipe's mapped target. The target's default init is seeded by ``recipe.seed``, the mapping by
-    ``recipe.mapping.seed``, so the same recipe builds the same model in every process."""
+    ``recipe.mapping.seed``, so the same recipe builds the same model in every process. In a multi-rank
+    ``world`` each rank builds only its shard of the mapping (``distributed.units``) and gathers the rest."""
     torch.manual_seed(recipe.seed)
     meta = torch.device(device).type == "meta"
     with torch.device("meta") if meta else nullcontext():
         target = build_target(recipe.target.name, recipe.target.args, None if meta else recipe.target.weights)
     m = recipe.mapping
+    if world is not None and world.distributed and not meta:
+        target = target.to(device)  # each rank builds its mapping columns straight onto its device
     model = map_model(
         target,
         _selectors(m.grouping),
@@ -81,6 +86,7 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu") -> MappedMod
         trainable=[_selector(s) for s in m.trainable],
         frozen=[_selector(s) for s in m.frozen],
         device="meta" if meta else None,
+        shard=sharding(world, recipe.distributed.units or None) if world is not None and world.distributed and not meta else None,
         # The rest of the section is the generator's options (map_model names any it does not know).
         **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
     )
@@ -220,6 +226,9 @@ def load_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") == 1:  # single-process runs before multi-rank training: same content, older keys
+        state["optim"] = {"optimizer": state.pop("optimizer"), "schedule": state.pop("schedule")}
+        state["format"], state["world_size"] = CHECKPOINT_FORMAT, 1
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a mapscale checkpoint of format {CHECKPOINT_FORMAT}")
     return state
@@ -253,16 +262,22 @@ def restore_model_state(model: MappedModel, state: dict) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | None, device) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``dataset``, weights generated once."""
+def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | None, device, world: World = World()) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset``, weights generated once. In a multi-rank world every
+    rank generates (a collective), evaluates its contiguous share of ``dataset``, and the sums are reduced."""
     model.eval()
     metrics = Metrics(recipe.task, num_classes)
+    if world.distributed:
+        share = torch.tensor_split(torch.arange(len(dataset)), world.size)[world.rank]
+        dataset = torch.utils.data.Subset(dataset, share.tolist())
     loader = torch.utils.data.DataLoader(dataset, batch_size=max(recipe.optim.batch_size, 256))
     with model.cached_weights():
         for inputs, targets in loader:
             with _autocast(recipe, device):
                 output = model(inputs.to(device))
             metrics.update(output, targets)
+    if world.distributed:
+        metrics.reduce(world.sum)
     return metrics.compute()
 
 
@@ -283,19 +298,25 @@ def train(
     stop_after: int | None = None,
     device: str | None = None,
     console: Console | None = None,
+    world: World | None = None,
 ) -> RunResult:
     """Train ``recipe`` in ``run_dir`` (its run files already written). ``stop_after`` ends this invocation
-    after that many steps with a checkpoint, resumable (e.g. to fit a scheduler's time slot)."""
-    if World.from_env().distributed:
-        raise RuntimeError("multi-rank training (sharded generation) is not available yet; run on one process")
-    console = console or Console()
+    after that many steps with a checkpoint, resumable (e.g. to fit a scheduler's time slot).
+
+    Under ``torchrun`` or the ``deepspeed`` launcher (``world``: `World.start`), every rank runs this same
+    loop on its share of each global batch with its shard of the mapping; only rank 0 writes to ``run_dir``.
+    """
+    world = world or World.start(recipe.distributed.backend, device)
+    console = console if world.is_main and console is not None else Console(quiet=not world.is_main)
     started = time.perf_counter()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = world.device if world.distributed else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(run_dir)
 
     # Build.
     data: DataSplits = build_datasets(recipe.data, recipe.task)
-    model = build_model(recipe, device)
+    if recipe.optim.batch_size < world.size:
+        raise ValueError(f"optim.batch_size {recipe.optim.batch_size} is smaller than the {world.size} ranks: each rank needs examples")
+    model = build_model(recipe, device, world)
     loss_fn = build_loss(recipe).to(device)
     batches_per_epoch = math.ceil(len(data.train) / recipe.optim.batch_size)
     total_steps = recipe.optim.epochs * batches_per_epoch
@@ -303,6 +324,12 @@ def train(
         total_steps = min(total_steps, recipe.optim.max_steps)
     params = trainable_parameters(model, loss_fn)
     optimizer, schedule = build_optimizer(recipe, params, total_steps)
+    ds_config = recipe.distributed.deepspeed_config()
+    if ds_config is not None and world.distributed:
+        config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, world=world, grad_clip=recipe.optim.grad_clip)
+        updater = DeepSpeedStep(model, loss_fn, optimizer, schedule, config)
+    else:
+        updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
 
@@ -312,27 +339,38 @@ def train(
         state = load_checkpoint(run_dir / CHECKPOINT)
         if state["fingerprint"] != mapping_id:
             raise ValueError(f"checkpoint mapping {state['fingerprint']} differs from the recipe's {mapping_id}: not the same run")
+        saved_world = state.get("world_size", 1)
+        if state["optim"].get("deepspeed_partitioned") and saved_world != world.size:
+            raise ValueError(f"this run's optimiser state is partitioned by DeepSpeed (ZeRO or bf16) over {saved_world} ranks; resume it on {saved_world} ranks")
         restore_model_state(model, state["model"])
         loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+        updater.load_state_dict(state["optim"])
+        if state["optim"].get("deepspeed_partitioned"):
+            updater.load_partitions(run_dir / "deepspeed")
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best = state["step"], state["best"]
-        _truncate_log(log_path, step)  # drop what the interrupted process logged after its checkpoint
-        console.print(f"resumed {run_dir} at step {step}/{total_steps}")
+        if world.is_main:
+            _truncate_log(log_path, step)  # drop what the interrupted process logged after its checkpoint
+        console.print(f"resumed {run_dir} at step {step}/{total_steps}" + (f" on {world.size} ranks (saved on {saved_world})" if world.size != saved_world else ""))
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir / CHECKPOINT, {
-            "format": CHECKPOINT_FORMAT, "step": step, "fingerprint": mapping_id, "best": best,
-            "model": checkpoint_model_state(model), "loss": loss_fn.state_dict(),
-            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "recipe": recipe.model_dump(mode="json"), "seed": recipe.seed,
-        })
+        optim_state = updater.state_dict()
+        if optim_state.get("deepspeed_partitioned"):
+            updater.save_partitions(run_dir / "deepspeed")  # every rank writes its partition
+        if world.is_main:
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "format": CHECKPOINT_FORMAT, "step": step, "fingerprint": mapping_id, "best": best,
+                "model": checkpoint_model_state(model), "loss": loss_fn.state_dict(), "optim": optim_state,
+                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+                "recipe": recipe.model_dump(mode="json"), "seed": recipe.seed, "world_size": world.size,
+            })
+        world.barrier()  # nobody races ahead of a checkpoint that might be the last
 
     def log(record: dict) -> None:
+        if not world.is_main:
+            return
         with open(log_path, "a") as handle:
             handle.write(json.dumps({"step": step, **record}) + "\n")
         if tensorboard is not None:
@@ -342,25 +380,25 @@ def train(
 
     def run_eval() -> dict[str, float]:
         nonlocal best
-        result = evaluate(model, data.test, recipe, data.num_classes, device)
+        result = evaluate(model, data.test, recipe, data.num_classes, device, world)
         log({"split": "test", **result})
         value = result[metric_name]
         if not best or (value > best[metric_name] if higher_is_better else value < best[metric_name]):
             best = {metric_name: value, "step": step}
         return result
 
-    tensorboard = _tensorboard(run_dir)
+    tensorboard = _tensorboard(run_dir) if world.is_main else None
     stop = _StopFlag(console)
     interrupted, last_eval = False, {}
     every_eval = recipe.output.eval_every or batches_per_epoch
     every_checkpoint = recipe.output.checkpoint_every or batches_per_epoch
-    progress = _progress(console, recipe.output.progress)
+    progress = _progress(console, recipe.output.progress and world.is_main)
     task_id = progress.add_task(recipe.name, total=total_steps, completed=step, loss=float("nan"), metric="", rate=0.0)
     steps_this_run, window_samples, window_start = 0, 0, time.perf_counter()
 
     def halted() -> bool:
-        """A stop was asked for (signal) or this invocation's --stop-after is used up."""
-        return stop.requested or (stop_after is not None and steps_this_run >= stop_after)
+        """A stop was asked for (signal, on any rank: all agree) or this invocation's --stop-after is used up."""
+        return world.any(stop.requested) or (stop_after is not None and steps_this_run >= stop_after)
 
     # Train.
     try:
@@ -368,29 +406,29 @@ def train(
             while step < total_steps:
                 epoch, position = divmod(step, batches_per_epoch)
                 batches = epoch_batches(len(data.train), recipe.optim.batch_size, recipe.seed, epoch)[position:]
-                loader = torch.utils.data.DataLoader(data.train, batch_sampler=batches)
-                for inputs, targets in loader:
+                # This rank's contiguous share of each global batch, and its weight in the global mean loss.
+                shares = [torch.tensor_split(torch.tensor(b), world.size)[world.rank].tolist() for b in batches]
+                weights = [len(share) * world.size / len(b) for share, b in zip(shares, batches)]
+                loader = torch.utils.data.DataLoader(data.train, batch_sampler=shares)
+                for (inputs, targets), weight in zip(loader, weights):
                     model.train()
                     inputs, targets = inputs.to(device), targets.to(device)
                     with _autocast(recipe, device):
                         out = loss_fn(model, inputs, targets)
-                    optimizer.zero_grad(set_to_none=True)
-                    out.total.backward()
-                    if recipe.optim.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
-                    optimizer.step()
-                    schedule.step()
+                    # Averaging weight * loss over ranks gives the global batch's mean loss (shares may differ by one).
+                    updater.backward(out.total * weight)
+                    updater.step()
                     step, steps_this_run = step + 1, steps_this_run + 1
-                    window_samples += len(targets)
+                    window_samples += len(targets) * world.size
 
                     # Log.
                     if step % recipe.output.log_every == 0 or step == total_steps:
                         rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                         window_samples, window_start = 0, time.perf_counter()
-                        record = {k: v.item() for k, v in out.values.items()}
+                        record = _global_mean({k: v.detach() * weight for k, v in out.values.items()}, world)
                         record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
                         record.update({f"seconds_{k}": v for k, v in out.seconds.items()})
-                        log({"split": "train", "epoch": epoch, "lr": schedule.get_last_lr()[0], "samples_per_s": rate, **record})
+                        log({"split": "train", "epoch": epoch, "lr": updater.last_lr(), "samples_per_s": rate, **record})
                         progress.update(task_id, loss=record["task"], rate=rate)
 
                     # Evaluate.
@@ -421,6 +459,14 @@ def train(
         target_params=model.num_target_params(), trainable=sum(p.numel() for p in params),
         final=last_eval, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
     )
+
+
+def _global_mean(weighted: dict[str, torch.Tensor], world: World) -> dict[str, float]:
+    """The loss terms of the global batch: the rank-weighted values averaged over ranks (one collective)."""
+    if not weighted:
+        return {}
+    values = world.sum(torch.stack(list(weighted.values())).float()) / world.size
+    return dict(zip(weighted, values.tolist()))
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -53,7 +52,7 @@ def shard_of(plan: ShardPlan, world: World) -> Shard:
         pieces=tuple(pieces),
         units=tuple(units),
         gather=lambda index, local: gather_unit(plan, index, local, world.group),
-        reduce=lambda tensor: all_reduce_sum(tensor, world),
+        reduce=world.sum,
         index=world.rank,
         count=world.size,
     )
@@ -68,11 +67,3 @@ def gather_unit(plan: ShardPlan, index: int, local: Tensor, group=None) -> Tenso
     if all(length == chunk for length in lengths):
         return gathered.view(-1)
     return torch.cat([gathered[r, :length] for r, length in enumerate(lengths)])
-
-
-def all_reduce_sum(tensor: Tensor, world: World) -> Tensor:
-    """The SUM of ``tensor`` over ranks (a new tensor on ``tensor``'s device; the collective runs on the
-    world's device, as NCCL needs)."""
-    out = tensor.to(world.device, copy=True)
-    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=world.group)
-    return out.to(tensor.device)

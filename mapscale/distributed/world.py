@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,3 +43,54 @@ class World:
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         return cls(rank=rank, size=size, local_rank=local_rank, device=torch.device(device))
+
+    @classmethod
+    def start(cls, backend: str = "auto", device: str | None = None, timeout_minutes: float = 30.0) -> World:
+        """`from_env`, initialising the default process group first when a launcher started several ranks.
+
+        ``backend="auto"``: nccl when this process has a GPU, gloo otherwise. Each rank uses GPU ``LOCAL_RANK``.
+        """
+        world = cls.from_env(device)
+        if world.size > 1 and not dist.is_initialized():
+            if world.device.type == "cuda":
+                torch.cuda.set_device(world.device)
+            chosen = backend if backend != "auto" else ("nccl" if world.device.type == "cuda" else "gloo")
+            dist.init_process_group(chosen, timeout=timedelta(minutes=timeout_minutes))
+            world = cls.from_env(str(world.device))
+        return world
+
+    def stop(self) -> None:
+        """Leave the process group (end of a multi-rank run)."""
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- small collectives the trainer needs (no-ops in a single process) ------------------------------------
+
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank (e.g. the run directory it chose)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any rank (a stop request must be agreed, or the ranks
+        that carry on would wait forever in the next collective)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(value.item())
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The SUM over ranks of ``tensor`` (a new tensor on ``tensor``'s device)."""
+        if not self.distributed:
+            return tensor.clone()
+        out = tensor.to(self.device, copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out.to(tensor.device)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.group)
