@@ -90,6 +90,7 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         # The rest of the section is the generator's options (map_model names any it does not know).
         **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
     )
+    model.just_in_time = recipe.distributed.gather == "per-unit" and model.generator.shard is not None
     return model if meta else model.to(device)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator, Shard
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
@@ -48,6 +49,9 @@ class MappedModel(nn.Module):
         self.target = target
         self.generator = generator
         self._cached: dict[str, Tensor] | None = None
+        self.just_in_time = False
+        """Sharded generators only: gather each sharding unit that is a module of the target just before it
+        runs, free it after, and regenerate it in backward (see `_forward_just_in_time`)."""
 
     @property
     def layout(self) -> ParamLayout:
@@ -58,7 +62,29 @@ class MappedModel(nn.Module):
         return self._cached if self._cached is not None else self.generator()
 
     def forward(self, *args, **kwargs):
+        if self.just_in_time and self._cached is None:
+            return self._forward_just_in_time(args, kwargs)
         return self.forward_with(self.generated_tensors(), *args, **kwargs)
+
+    def _forward_just_in_time(self, args, kwargs):
+        """The forward with each unit module's tensors generated and gathered only while that module runs.
+
+        Each unit module runs under non-reentrant activation checkpointing: its gathered tensors are freed when
+        it returns and regenerated (and re-gathered, in the same order on every rank) when backward reaches
+        it, so peak generated-parameter memory is one unit plus the units gathered whole (not modules).
+        """
+        shard = self.generator.shard
+        if shard is None:
+            raise RuntimeError("just-in-time gathering needs a sharded generator (distributed.gather='per-unit' on several ranks)")
+        modules = dict(self.target.named_modules())
+        eager: dict[str, Tensor] = {}
+        with contextlib.ExitStack() as stack:
+            for index, unit in enumerate(shard.units):
+                if unit.name in modules and unit.name:
+                    stack.enter_context(_unit_just_in_time(modules[unit.name], unit.name, lambda index=index: self.generator.generate_unit(index)))
+                else:
+                    eager.update(self.generator.generate_unit(index))
+            return self.forward_with(eager, *args, **kwargs)
 
     def forward_with(self, tensors: Mapping[str, Tensor], *args, **kwargs):
         """The target's forward with ``tensors`` (generated parameters, optionally buffers) swapped in."""
@@ -102,6 +128,41 @@ class MappedModel(nn.Module):
             f"groups={len(self.layout.groups)}, latent={self.layout.total_latent_dim}, "
             f"trainable={self.num_trainable():,}, target_params={self.num_target_params():,}"
         )
+
+
+@contextlib.contextmanager
+def _unit_just_in_time(module: nn.Module, prefix: str, generate) -> Iterator[None]:
+    """While active, ``module``'s forward generates its tensors (``generate() -> {full name: tensor}``) and runs
+    under non-reentrant checkpointing. Its forward is swapped on the instance for the duration only, the way
+    ``functional_call`` swaps tensors; running twice (recomputation) restores the module's buffers, so
+    BatchNorm statistics are updated once per step."""
+    original = type(module).forward.__get__(module)
+    calls, inside = [0], [False]
+
+    def run_unit(*args, **kwargs):
+        tensors = {name[len(prefix) + 1 :]: t for name, t in generate().items()}
+        recompute = calls[0] > 0
+        calls[0] += 1
+        saved = {n: b.clone() for n, b in module.named_buffers() if b.numel()} if recompute else {}
+        inside[0] = True
+        try:
+            return functional_call(module, tensors, args, kwargs, tie_weights=False, strict=False)
+        finally:
+            inside[0] = False
+            with torch.no_grad():
+                for name, value in saved.items():
+                    module.get_buffer(name).copy_(value)
+
+    def forward(*args, **kwargs):
+        if inside[0]:  # the call functional_call makes inside run_unit
+            return original(*args, **kwargs)
+        return checkpoint(run_unit, *args, use_reentrant=False, **kwargs)
+
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
 
 
 def map_model(
