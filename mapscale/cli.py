@@ -52,7 +52,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RECIPE_PATH (a run directory) from its last checkpoint.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe as JSON and exit.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the recipe, build the model, print the layout summary; no training, nothing written.")] = False,
-    stop_after: Annotated[Optional[int], typer.Option(help="Stop this invocation after N steps with a checkpoint (resumable).", min=1)] = None,
+    stop_after: Annotated[Optional[int], typer.Option(help="Stop this invocation after N steps with a checkpoint (resumable; exit code 0). A SIGTERM or Ctrl-C also stops with a checkpoint, exit code 130.", min=1)] = None,
     device: Annotated[Optional[str], typer.Option(help="Device, e.g. cpu or cuda:0 (default: cuda when available).")] = None,
 ) -> None:
     """Train a recipe. Writes a run directory with the recipe, environment, metrics.jsonl and checkpoint.pt.
@@ -98,7 +98,7 @@ def train(
         world.stop()
     if world.is_main:
         _print_summary(result)
-    if result.interrupted:
+    if result.signalled:  # a planned --stop-after ends with 0, so launchers and job chains see success
         raise typer.Exit(code=130)
 
 

@@ -61,7 +61,8 @@ class RunResult:
     final: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)  # {primary metric: value, "step": when}
     wall_seconds: float = 0.0
-    interrupted: bool = False
+    interrupted: bool = False  # stopped before the last step, with a checkpoint to resume from
+    signalled: bool = False  # ... because of SIGTERM / Ctrl-C (not a planned --stop-after)
 
 
 # -- building: recipe -> objects -----------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def train(
 
     tensorboard = _tensorboard(run_dir) if world.is_main else None
     stop = _StopFlag(console)
-    interrupted, last_eval = False, {}
+    interrupted, signalled, last_eval = False, False, {}
     every_eval = recipe.output.eval_every or batches_per_epoch
     every_checkpoint = recipe.output.checkpoint_every or batches_per_epoch
     progress = _progress(console, recipe.output.progress and world.is_main)
@@ -445,7 +446,7 @@ def train(
                     if step >= total_steps or halted():
                         break
                 if halted():
-                    interrupted = step < total_steps
+                    interrupted, signalled = step < total_steps, world.any(stop.requested)
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: abort mid-step, keep the last complete checkpoint
         console.print(f"aborted; continue from the last checkpoint with: mapscale train {run_dir} --resume")
@@ -459,6 +460,7 @@ def train(
         run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=total_steps,
         target_params=model.num_target_params(), trainable=sum(p.numel() for p in params),
         final=last_eval, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
+        signalled=signalled,
     )
 
 
