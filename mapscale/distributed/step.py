@@ -102,10 +102,10 @@ class DeepSpeedStep:
 
     def save_partitions(self, directory) -> None:
         """DeepSpeed's own checkpoint of the partitioned optimiser state (every rank calls it)."""
-        self.engine.save_checkpoint(str(directory), tag="latest")
+        self.engine.save_checkpoint(str(directory), tag="partitions")
 
     def load_partitions(self, directory) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag="latest", load_module_strict=False)
+        path, _ = self.engine.load_checkpoint(str(directory), tag="partitions", load_module_strict=False)
         if path is None:
             raise ValueError(f"no DeepSpeed optimiser partitions in {directory}: resume this run with its DeepSpeed config on the same number of ranks")
 
