@@ -222,7 +222,10 @@ def _print_layout(recipe, world_size: int) -> None:
     from mapscale.distributed.plan import ShardPlan
 
     mapping = layout.mapping_numel * bytes_per
-    per_rank = ShardPlan.from_layout(layout, world_size).max_mapping_numel() * bytes_per  # the heaviest rank
+    plan = ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None)
+    per_rank = [plan.mapping_numel(rank) * bytes_per for rank in range(world_size)]
+    if world_size > 1:
+        _print_plan(plan, per_rank, bytes_per)
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -232,10 +235,31 @@ def _print_layout(recipe, world_size: int) -> None:
         ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
         ("mapping weights (fp32, dense)", f"{mapping / 2**30:,.3f} GiB"),
-        (f"mapping on the heaviest rank, world size {world_size}", f"{per_rank / 2**30:,.3f} GiB"),
+        (f"mapping on the heaviest rank, world size {world_size}", f"{max(per_rank) / 2**30:,.3f} GiB"),
     ]:
         summary.add_row(key, value)
     console.print(summary)
+
+
+def _print_plan(plan, per_rank: list[int], bytes_per: int) -> None:
+    """The sharding plan: each unit's rows and its heaviest rank's share; then the mapping bytes per rank."""
+    table = Table(title=f"sharding plan over {plan.world_size} ranks (rank r owns rows [floor(r*rows/N), floor((r+1)*rows/N)) of each unit)")
+    for column in ("unit", "tensors", "rows", "rows per rank", "mapping MiB, heaviest rank"):
+        table.add_column(column, justify="left" if column == "unit" else "right")
+    for unit in plan.units:
+        heaviest = max(unit.mapping_numel(rank) for rank in range(plan.world_size))
+        table.add_row(unit.name, str(len(unit.segments)), f"{unit.rows:,}", f"{unit.rows_per_rank:,}", f"{heaviest * bytes_per / 2**20:,.1f}")
+    console.print(table)
+    even = sum(per_rank) / plan.world_size
+    ranks = Table(title="mapping weights per rank (fp32)")
+    ranks.add_column("rank", justify="left")
+    ranks.add_column("GiB", justify="right")
+    ranks.add_column("of the even share", justify="right")
+    shown = range(plan.world_size) if plan.world_size <= 8 else [min(range(plan.world_size), key=per_rank.__getitem__), max(range(plan.world_size), key=per_rank.__getitem__)]
+    for rank in shown:
+        label = str(rank) if plan.world_size <= 8 else f"{rank} ({'lightest' if per_rank[rank] == min(per_rank) else 'heaviest'})"
+        ranks.add_row(label, f"{per_rank[rank] / 2**30:,.3f}", f"{per_rank[rank] / even:.2f}x")
+    console.print(ranks)
 
 
 def _print_summary(result) -> None:

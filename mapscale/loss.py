@@ -210,6 +210,11 @@ class MappingLoss(nn.Module):
                 return torch.stack(exact).sum()
             if self.smoothness_estimator == "exact":
                 raise ValueError(f"operator {generator.config.operator!r} has no exact Jacobian norm; use 'auto' or 'hutchinson'")
+        if generator.shard is not None:
+            raise ValueError(
+                "the smoothness term's Hutchinson estimate needs whole groups, which sharded generation does not hold; "
+                "on several ranks use mapping.activation=identity (exact norm) or loss.smoothness=0"
+            )
         return hutchinson_jacobian_sq_norm(model, self.hutchinson_samples, self._noise(step, "hutchinson"))
 
     def _alignment(self, model: MappedModel) -> Tensor:

@@ -108,6 +108,9 @@ def test_inspect_and_dry_run_show_the_layout(tiny):
     assert shown.exit_code == 0, shown.output
     assert "23,512,130" in shown.output  # resnet50 with a 2-class head: 25,557,032 - 2,049,000 + 4,098
     assert "world size 8" in shown.output and "trainable parameters" in shown.output
+    # The plan: one row per stage unit, each rank's mapping bytes; the heaviest rank's agrees with ShardPlan.
+    assert "sharding plan over 8 ranks" in shown.output and "layer4" in shown.output
+    assert "mapping on the heaviest rank, world size 8 │ 0.879 GiB" in shown.output
     dry = invoke("train", tiny, "--dry-run")
     assert dry.exit_code == 0 and "groups" in dry.output
     # Invariant 2: the printed trainable count is what the optimiser updates (+2 learned loss weights here).

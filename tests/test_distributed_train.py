@@ -19,11 +19,14 @@ COMMON = [
     "data.max_examples=640", f"optim.max_steps={STEPS}", "optim.batch_size=64", "output.log_every=1",
     "output.progress=false", "mapping.budget=256", "optim.grad_clip=1.0",
 ]
-# SLVT with Adam, LWT with SGD: SGD's update is linear in the gradient, so there the latents must agree
-# element by element; Adam divides by the root of the squared-gradient average, and a coordinate whose
-# updates nearly cancel (one ends at 0.0087 after five steps of +-0.04) carries the ranks' float32 summation
-# order (a 2e-6 absolute change), so there the latent vectors are compared as vectors.
-GROUPINGS = {"slvt": ["mapping.grouping=slvt"], "lwt": ["mapping.grouping=lwt", "optim.optimizer=sgd", "optim.lr=2.0"]}
+# SLVT with Adam, LWT with SGD and every Mapping Loss term. SGD's update is linear in the gradient, so there
+# the latents must agree element by element; Adam divides by the root of the squared-gradient average, and a
+# coordinate whose updates nearly cancel (one ends at 0.0087 after five steps of +-0.04) carries the ranks'
+# float32 summation order (a 2e-6 absolute change), so there the latent vectors are compared as vectors.
+GROUPINGS = {
+    "slvt": ["mapping.grouping=slvt"],
+    "lwt": ["mapping.grouping=lwt", "optim.optimizer=sgd", "optim.lr=2.0", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5"],
+}
 
 
 def overrides(root: Path, name: str, grouping: str, *extra: str) -> list[str]:
@@ -76,22 +79,41 @@ def assert_same_run(run_dir: Path, expected: Path, elementwise: bool) -> None:
             assert (z - z_expected).norm() <= 1e-5 * z_expected.norm()
 
 
-def test_torchrun_two_ranks_then_resume_in_one_process_match_one_process(reference, tmp_path):
-    """SLVT: 3 steps on 2 ranks under torchrun (stopped with a checkpoint), 2 more in 1 process."""
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_torchrun_two_ranks_then_resume_in_one_process_match_one_process(reference, tmp_path, grouping):
+    """3 steps on 2 ranks under torchrun (a planned stop, with a checkpoint), then 2 more in 1 process."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mapscale.cli", "train", str(RECIPE),
-            *overrides(tmp_path, "two", "slvt"), "--stop-after", "3"]
-    launch(argv)  # a planned stop exits 0 on every rank
+            *overrides(tmp_path, "two", grouping), "--stop-after", "3"]
+    launch(argv)
     run_dir = tmp_path / "two"
     state = load_checkpoint(run_dir)
     assert (state["step"], state["world_size"]) == (3, 2)
     train(load_recipe(run_dir), run_dir, resume=True)  # the same run, now on 1 process
-    assert_same_run(run_dir, reference["slvt"], elementwise=False)
+    assert_same_run(run_dir, reference[grouping], elementwise=grouping == "lwt")
 
 
-def test_deepspeed_launcher_two_ranks_match_one_process(reference, tmp_path):
-    """LWT under the deepspeed launcher, DeepSpeed's engine owning the step (fp32, no ZeRO, SGD)."""
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_deepspeed_launcher_two_ranks_match_one_process(reference, tmp_path, grouping):
+    """5 steps under the deepspeed launcher, DeepSpeed's engine owning the step (fp32, no ZeRO)."""
     deepspeed = Path(sys.executable).parent / "deepspeed"
     argv = [str(deepspeed), "--num_gpus", "2", "--no_local_rank", "--module", "mapscale.cli", "train", str(RECIPE),
-            *overrides(tmp_path, "ds", "lwt", "distributed.deepspeed={}")]
+            *overrides(tmp_path, "ds", grouping, "distributed.deepspeed={}")]
     launch(argv)
-    assert_same_run(tmp_path / "ds", reference["lwt"], elementwise=True)
+    assert_same_run(tmp_path / "ds", reference[grouping], elementwise=grouping == "lwt")
+
+
+def test_deepspeed_zero1_bf16_resumes_on_the_same_ranks_and_refuses_others(tmp_path):
+    """launch/ds_zero1_bf16.json: DeepSpeed partitions the optimiser state, so the run resumes on 2 ranks from
+    DeepSpeed's own partitions and a 1-process resume is refused with the reason."""
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    config = Path(__file__).parents[1] / "launch" / "ds_zero1_bf16.json"
+    command = [str(deepspeed), "--num_gpus", "2", "--no_local_rank", "--module", "mapscale.cli", "train"]
+    launch([*command, str(RECIPE), *overrides(tmp_path, "bf16", "slvt", f"distributed.deepspeed={config}"), "--stop-after", "2"])
+    run_dir = tmp_path / "bf16"
+    assert load_checkpoint(run_dir)["optim"]["deepspeed_partitioned"]
+    with pytest.raises(ValueError, match="partitioned by DeepSpeed .* over 2 ranks; resume it on 2 ranks"):
+        train(load_recipe(run_dir), run_dir, resume=True)
+    launch([*command, str(run_dir), "--resume"])
+    losses = train_losses(run_dir)
+    assert len(losses) == STEPS and all(0 < loss < 3 for loss in losses)  # bf16: close to, not equal to, fp32
+    assert load_checkpoint(run_dir)["step"] == STEPS
