@@ -321,6 +321,10 @@ def train(
     model = build_model(recipe, device, world)
     loss_fn = build_loss(recipe).to(device)
     batches_per_epoch = math.ceil(len(data.train) / recipe.optim.batch_size)
+    last_batch = len(data.train) % recipe.optim.batch_size
+    if 0 < last_batch < world.size:  # some rank would get no example of the epoch's last batch
+        batches_per_epoch -= 1
+        console.print(f"note: each epoch's last batch ({last_batch} examples) is skipped: fewer than the {world.size} ranks")
     total_steps = recipe.optim.epochs * batches_per_epoch
     if recipe.optim.max_steps is not None:
         total_steps = min(total_steps, recipe.optim.max_steps)
@@ -407,7 +411,7 @@ def train(
         with progress, stop:
             while step < total_steps:
                 epoch, position = divmod(step, batches_per_epoch)
-                batches = epoch_batches(len(data.train), recipe.optim.batch_size, recipe.seed, epoch)[position:]
+                batches = epoch_batches(len(data.train), recipe.optim.batch_size, recipe.seed, epoch)[position:batches_per_epoch]
                 # This rank's contiguous share of each global batch, and its weight in the global mean loss.
                 shares = [torch.tensor_split(torch.tensor(b), world.size)[world.rank].tolist() for b in batches]
                 weights = [len(share) * world.size / len(b) for share, b in zip(shares, batches)]

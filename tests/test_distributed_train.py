@@ -117,3 +117,25 @@ def test_deepspeed_zero1_bf16_resumes_on_the_same_ranks_and_refuses_others(tmp_p
     losses = train_losses(run_dir)
     assert len(losses) == STEPS and all(0 < loss < 3 for loss in losses)  # bf16: close to, not equal to, fp32
     assert load_checkpoint(run_dir)["step"] == STEPS
+
+
+def train_on_rank(rank, world_size, root, extra):
+    from mapscale.distributed import World
+
+    recipe = load_recipe(RECIPE, [*COMMON, f"output.root={root}", "output.run_name=edge", *extra])
+    run_dir = Path(root) / "edge"
+    if rank == 0:
+        run_dir.mkdir()
+    World.from_env().barrier()
+    result = train(recipe, run_dir, world=World.from_env())
+    return result.step, result.total_steps
+
+
+def test_a_last_batch_smaller_than_the_world_is_skipped_not_trained_on_empty_shares(tmp_path):
+    from distributed_helpers import run_ranks
+
+    # 640 training examples (data.max_examples) in batches of 639: the last batch holds 1 example for 2 ranks.
+    results = run_ranks(train_on_rank, 2, str(tmp_path), ["optim.batch_size=639", "optim.epochs=2", "optim.max_steps=null"])
+    assert results == [(2, 2), (2, 2)]
+    losses = train_losses(tmp_path / "edge")
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # finite, no NaN from an empty share
