@@ -187,7 +187,7 @@ class DistributedSection(Section):
     Each rank holds only its rows of the fixed mapping (invariant 5), generates them, all-gathers each
     sharding unit for the forward pass and reduce-scatters the gradients back; the trainable tensors are
     replicated and their gradients averaged once, so N ranks train exactly like one process on the same
-    global batch (invariant 4). Ignored in a single process.
+    global batch (invariant 4). In a single process only ``gather="per-unit"`` (with its ``units``) applies.
     """
 
     backend: Literal["auto", "gloo", "nccl"] = "auto"
@@ -204,7 +204,7 @@ class DistributedSection(Section):
     """``whole``: gather every unit before the forward pass. ``per-unit``: gather each unit just before its
     module runs and free it after; backward regenerates and re-gathers it (activation checkpointing of the
     unit), so peak generated-parameter memory is one unit, at the cost of a second generation. Units must
-    then be modules (not ``(rest)``) that run once per forward."""
+    then be modules (not ``(rest)``) that run once per forward. Works in a single process too."""
 
     @field_validator("deepspeed", mode="before")
     @classmethod

@@ -77,7 +77,9 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     with torch.device("meta") if meta else nullcontext():
         target = build_target(recipe.target.name, recipe.target.args, None if meta else recipe.target.weights)
     m = recipe.mapping
-    if world is not None and world.distributed and not meta:
+    # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.
+    per_unit = recipe.distributed.gather == "per-unit"
+    if world is not None and (world.distributed or per_unit) and not meta:
         target = target.to(device)  # each rank builds its mapping columns straight onto its device
     model = map_model(
         target,
@@ -87,7 +89,7 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         trainable=[_selector(s) for s in m.trainable],
         frozen=[_selector(s) for s in m.frozen],
         device="meta" if meta else None,
-        shard=sharding(world, recipe.distributed.units or None) if world is not None and world.distributed and not meta else None,
+        shard=sharding(world, recipe.distributed.units or None) if world is not None and not meta and (world.distributed or per_unit) else None,
         # The rest of the section is the generator's options (map_model names any it does not know).
         **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
     )

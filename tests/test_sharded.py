@@ -111,3 +111,18 @@ def test_per_unit_gather_matches_whole_gather_with_lower_peak_memory():
         units = {name: sum(p.numel() for p in module.parameters()) for name, module in SmallCNN().named_children()}
         assert peak_w == 4 * sum(units.values())
         assert peak_u == 4 * max(units.values()) == 4 * units["fc"]
+
+
+def test_per_unit_gathering_in_one_process_equals_the_plain_model():
+    """A shard of size 1 needs no process group: per-unit generation with recomputation, same gradients."""
+    plain = build("cnn", "lwt")
+    per_unit = build("cnn", "lwt", World(), ["conv1", "bn1", "conv2", "bn2", "fc"])
+    per_unit.just_in_time = True
+    inputs = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    for model in (plain, per_unit):
+        model.train()
+        torch.nn.functional.cross_entropy(model(inputs), torch.arange(6)).backward()
+    for a, b in zip(plain.generator.latents, per_unit.generator.latents, strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-8)
+    for (name, a), (_, b) in zip(plain.target.named_buffers(), per_unit.target.named_buffers()):
+        torch.testing.assert_close(b, a, msg=name)  # BatchNorm statistics updated once

@@ -60,6 +60,8 @@ def shard_of(plan: ShardPlan, world: World) -> Shard:
 
 def gather_unit(plan: ShardPlan, index: int, local: Tensor, group=None) -> Tensor:
     """``(rows owned,) -> (unit rows,)``: pad to the unit's equal chunk, all-gather, drop the padding."""
+    if plan.world_size == 1:  # one process (per-unit gathering without ranks): nothing to gather
+        return local
     unit = plan.units[index]
     chunk = unit.rows_per_rank
     gathered = gather_rows(F.pad(local, (0, chunk - local.shape[0])), group).view(plan.world_size, chunk)

@@ -233,7 +233,7 @@ class MappingGenerator(nn.Module):
         bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
         return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
 
-    # -- the pipeline, stage by stage (the distributed layer reuses each stage on a slice) --------------
+    # -- the pipeline, stage by stage, on a piece of columns (a whole group unless the generator is a shard) --
 
     def coefficients(self, index: int, latent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``(c, shift)`` such that the raw output is ``Wᵀ c + shift`` (shift: a scalar or None).
