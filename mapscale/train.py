@@ -337,6 +337,8 @@ def train(
         config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, world=world, grad_clip=recipe.optim.grad_clip)
         updater = DeepSpeedStep(model, loss_fn, optimizer, schedule, config)
     else:
+        if ds_config is not None:
+            console.print("note: distributed.deepspeed applies on several ranks; one process steps with plain PyTorch (optim section)")
         updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
