@@ -9,6 +9,7 @@ batches and losses as a run that was never interrupted.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import json
@@ -81,6 +82,10 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     per_unit = recipe.distributed.gather == "per-unit"
     if world is not None and (world.distributed or per_unit) and not meta:
         target = target.to(device)  # each rank builds its mapping columns straight onto its device
+    if world is not None and world.distributed and recipe.distributed.sync_batchnorm and not meta:
+        if torch.device(device).type == "cpu":
+            raise ValueError("distributed.sync_batchnorm needs GPUs: torch's SyncBatchNorm has no CPU implementation")
+        target = nn.SyncBatchNorm.convert_sync_batchnorm(target)  # same module names, so the same layout
     model = map_model(
         target,
         _selectors(m.grouping),
@@ -94,7 +99,20 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
     )
     model.just_in_time = recipe.distributed.gather == "per-unit" and model.generator.shard is not None
-    return model if meta else model.to(device)
+    if meta:
+        return model
+    _return_freed_memory()
+    return model.to(device)
+
+
+def _return_freed_memory() -> None:
+    """Hand the C allocator's free pages back to the OS. Building the mapping frees gigabytes of temporaries
+    (raw blocks, calibration passes) that glibc would otherwise keep in this process's resident memory:
+    measured on ResNet50 LWT 2048 over 2 ranks, 5.0-5.3 GiB resident per rank without this, 3.8 GiB with it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _selector(text: str):

@@ -6,7 +6,7 @@ layer-wise latents (LWT, 2,048 in total across its 107 parameter-owning modules)
 ``data.path`` is an image folder with one sub-folder per class, e.g. ``real/`` and ``fake/`` (frames
 extracted from Celeb-DF or FaceForensics++ videos). The paper's from-scratch deepfake rows use CNN1/CNN2
 (LWT 2,792: 89.98% Celeb-DF); this recipe applies the same idea to ResNet50. The dense LWT mapping of
-ResNet50 at 2,048 holds 6.7 GiB of fixed weights: use a GPU, or shard them over several
+ResNet50 at 2,048 holds 6.23 GiB (6.7 GB) of fixed weights: use a GPU, or shard them over several
 (``mapscale launch recipes/resnet50_deepfake.py data.path=... --nproc 8``: 0.88 GiB on the heaviest of 8 ranks
 with the stage units below, see ``mapscale inspect recipes/resnet50_deepfake.py --world-size 8``).
 """

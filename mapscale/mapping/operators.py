@@ -117,12 +117,13 @@ def seeded_columns(key: int, latent_dim: int, num_outputs: int, start: int, stop
     """Columns ``[start, stop)`` of the orthonormal mapping, float32, built from only the blocks they touch."""
     if not 0 <= start <= stop <= num_outputs:
         raise IndexError(f"column range [{start}, {stop}) is outside [0, {num_outputs})")
-    pieces = []
+    out = torch.empty(latent_dim, stop - start, dtype=torch.float32)  # filled in place: no second copy to concatenate
     for block in range(start // BLOCK_COLUMNS, num_blocks(stop) if stop else 0):
         lo = block * BLOCK_COLUMNS
-        raw = raw_block(key, latent_dim, num_outputs, block)[:, max(start - lo, 0) : stop - lo]
-        pieces.append((transform @ raw.to(torch.float64)).to(torch.float32))
-    return torch.cat(pieces, dim=1) if pieces else torch.empty(latent_dim, 0)
+        first, last = max(start, lo), min(stop, lo + BLOCK_COLUMNS)
+        raw = raw_block(key, latent_dim, num_outputs, block)[:, first - lo : last - lo]
+        out[:, first - start : last - start] = transform @ raw.to(torch.float64)
+    return out
 
 
 def build_orthonormal_mapping(key: int, latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32) -> Tensor:
