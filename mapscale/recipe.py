@@ -175,6 +175,10 @@ class OptimSection(Section):
     """Stop after this many steps in total (overrides ``epochs`` when smaller)."""
     batch_size: int = Field(64, ge=1)
     """Examples per step."""
+    accumulation_steps: int = Field(1, ge=1)
+    """Micro-batches per step: each rank back-propagates its share of the global batch in this many pieces, one
+    after another, then steps once (less activation memory, the same update). Under DeepSpeed it is the
+    config's ``gradient_accumulation_steps``."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm of the trainable tensors at this value."""
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -336,15 +337,17 @@ def train(
 
     # Build.
     data: DataSplits = build_datasets(recipe.data, recipe.task)
-    if recipe.optim.batch_size < world.size:
-        raise ValueError(f"optim.batch_size {recipe.optim.batch_size} is smaller than the {world.size} ranks: each rank needs examples")
+    accumulation = recipe.optim.accumulation_steps
+    pieces = world.size * accumulation  # micro-batches per global batch, over all ranks
+    if recipe.optim.batch_size < pieces:
+        raise ValueError(f"optim.batch_size {recipe.optim.batch_size} is smaller than {world.size} ranks x {accumulation} accumulation steps: every micro-batch needs examples")
     model = build_model(recipe, device, world)
     loss_fn = build_loss(recipe).to(device)
     batches_per_epoch = math.ceil(len(data.train) / recipe.optim.batch_size)
     last_batch = len(data.train) % recipe.optim.batch_size
-    if 0 < last_batch < world.size:  # some rank would get no example of the epoch's last batch
+    if 0 < last_batch < pieces:  # some micro-batch would get no example of the epoch's last batch
         batches_per_epoch -= 1
-        console.print(f"note: each epoch's last batch ({last_batch} examples) is skipped: fewer than the {world.size} ranks")
+        console.print(f"note: each epoch's last batch ({last_batch} examples) is skipped: fewer than its {pieces} micro-batches")
     total_steps = recipe.optim.epochs * batches_per_epoch
     if recipe.optim.max_steps is not None:
         total_steps = min(total_steps, recipe.optim.max_steps)
@@ -352,12 +355,12 @@ def train(
     optimizer, schedule = build_optimizer(recipe, params, total_steps)
     ds_config = recipe.distributed.deepspeed_config()
     if ds_config is not None and world.distributed:
-        config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, world=world, grad_clip=recipe.optim.grad_clip)
+        config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, accumulation=accumulation, world=world, grad_clip=recipe.optim.grad_clip)
         updater = DeepSpeedStep(model, loss_fn, optimizer, schedule, config)
     else:
         if ds_config is not None:
             console.print("note: distributed.deepspeed applies on several ranks; one process steps with plain PyTorch (optim section)")
-        updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world)
+        updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world, accumulation)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
 
@@ -434,26 +437,30 @@ def train(
             while step < total_steps:
                 epoch, position = divmod(step, batches_per_epoch)
                 batches = epoch_batches(len(data.train), recipe.optim.batch_size, recipe.seed, epoch)[position:batches_per_epoch]
-                # This rank's contiguous share of each global batch, and its weight in the global mean loss.
-                shares = [torch.tensor_split(torch.tensor(b), world.size)[world.rank].tolist() for b in batches]
-                weights = [len(share) * world.size / len(b) for share, b in zip(shares, batches)]
-                loader = torch.utils.data.DataLoader(data.train, batch_sampler=shares)
-                for (inputs, targets), weight in zip(loader, weights):
+                # This rank's contiguous share of each global batch, in `accumulation` micro-batches.
+                micro = [torch.tensor_split(torch.tensor(b), pieces)[world.rank * accumulation : (world.rank + 1) * accumulation] for b in batches]
+                loader = iter(torch.utils.data.DataLoader(data.train, batch_sampler=[m.tolist() for per in micro for m in per]))
+                for batch in batches:
                     model.train()
-                    inputs, targets = inputs.to(device), targets.to(device)
-                    with _autocast(recipe, device):
-                        out = loss_fn(model, inputs, targets)
-                    # Averaging weight * loss over ranks gives the global batch's mean loss (shares may differ by one).
-                    updater.backward(out.total * weight)
+                    terms = {}
+                    for inputs, targets in itertools.islice(loader, accumulation):
+                        inputs, targets = inputs.to(device), targets.to(device)
+                        with _autocast(recipe, device):
+                            out = loss_fn(model, inputs, targets)
+                        # Averaging weight * loss over micro-batches and ranks gives the global batch's mean loss.
+                        weight = len(targets) * pieces / len(batch)
+                        updater.backward(out.total * weight)
+                        for key, value in out.values.items():
+                            terms[key] = terms.get(key, 0.0) + value.detach() * weight / accumulation
                     updater.step()
                     step, steps_this_run = step + 1, steps_this_run + 1
-                    window_samples += len(targets) * world.size
+                    window_samples += len(batch)
 
                     # Log.
                     if step % recipe.output.log_every == 0 or step == total_steps:
                         rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
                         window_samples, window_start = 0, time.perf_counter()
-                        record = _global_mean({k: v.detach() * weight for k, v in out.values.items()}, world)
+                        record = _global_mean(terms, world)
                         record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
                         record.update({f"seconds_{k}": v for k, v in out.seconds.items()})
                         log({"split": "train", "epoch": epoch, "lr": updater.last_lr(), "samples_per_s": rate, **record})

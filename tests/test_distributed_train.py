@@ -19,12 +19,13 @@ COMMON = [
     "data.max_examples=640", f"optim.max_steps={STEPS}", "optim.batch_size=64", "output.log_every=1",
     "output.progress=false", "mapping.budget=256", "optim.grad_clip=1.0",
 ]
-# SLVT with Adam, LWT with SGD and every Mapping Loss term. SGD's update is linear in the gradient, so there
-# the latents must agree element by element; Adam divides by the root of the squared-gradient average, and a
-# coordinate whose updates nearly cancel (one ends at 0.0087 after five steps of +-0.04) carries the ranks'
-# float32 summation order (a 2e-6 absolute change), so there the latent vectors are compared as vectors.
+# SLVT with Adam at a constant rate, LWT with SGD and every Mapping Loss term. Latents are compared as vectors
+# (relative L2 difference). Runs are bitwise repeatable, but a different summation order (ranks, micro-batches,
+# threads) changes float32 results by ~1e-7, and some schedules amplify that: the recipe's 5-step one-cycle
+# schedule (Adam at 0.04, then 2e-7, then 0.0065) took a 1-process run with 4 accumulation steps 1.5e-3 away
+# from the plain run by step 5, while the same two runs at a constant 0.01, or with SGD, ended 3e-6 apart.
 GROUPINGS = {
-    "slvt": ["mapping.grouping=slvt"],
+    "slvt": ["mapping.grouping=slvt", "optim.schedule=constant", "optim.lr=0.01"],
     "lwt": ["mapping.grouping=lwt", "optim.optimizer=sgd", "optim.lr=2.0", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5"],
 }
 
@@ -66,17 +67,14 @@ def reference(tmp_path_factory):
     return runs
 
 
-def assert_same_run(run_dir: Path, expected: Path, elementwise: bool) -> None:
+def assert_same_run(run_dir: Path, expected: Path) -> None:
     losses, expected_losses = train_losses(run_dir), train_losses(expected)
     assert len(losses) == len(expected_losses) == STEPS
     assert len(set(expected_losses)) == STEPS  # the run moves
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=0)
     for z, z_expected in zip(latents(run_dir), latents(expected), strict=True):
         assert not torch.equal(z_expected, torch.zeros_like(z_expected))
-        if elementwise:
-            torch.testing.assert_close(z, z_expected, rtol=1e-5, atol=1e-7)
-        else:
-            assert (z - z_expected).norm() <= 1e-5 * z_expected.norm()
+        assert (z - z_expected).norm() <= 1e-5 * z_expected.norm()
 
 
 @pytest.mark.parametrize("grouping", GROUPINGS)
@@ -89,17 +87,19 @@ def test_torchrun_two_ranks_then_resume_in_one_process_match_one_process(referen
     state = load_checkpoint(run_dir)
     assert (state["step"], state["world_size"]) == (3, 2)
     train(load_recipe(run_dir), run_dir, resume=True)  # the same run, now on 1 process
-    assert_same_run(run_dir, reference[grouping], elementwise=grouping == "lwt")
+    assert_same_run(run_dir, reference[grouping])
 
 
 @pytest.mark.parametrize("grouping", GROUPINGS)
 def test_deepspeed_launcher_two_ranks_match_one_process(reference, tmp_path, grouping):
-    """5 steps under the deepspeed launcher, DeepSpeed's engine owning the step (fp32, no ZeRO)."""
+    """5 steps under the deepspeed launcher, DeepSpeed's engine owning the step (fp32, no ZeRO); under SLVT
+    with 2 accumulation steps (DeepSpeed's gradient_accumulation_steps) against none in the reference."""
     deepspeed = Path(sys.executable).parent / "deepspeed"
+    accumulation = ["optim.accumulation_steps=2"] if grouping == "slvt" else []
     argv = [str(deepspeed), "--num_gpus", "2", "--no_local_rank", "--module", "mapscale.cli", "train", str(RECIPE),
-            *overrides(tmp_path, "ds", grouping, "distributed.deepspeed={}")]
+            *overrides(tmp_path, "ds", grouping, "distributed.deepspeed={}", *accumulation)]
     launch(argv)
-    assert_same_run(tmp_path / "ds", reference[grouping], elementwise=grouping == "lwt")
+    assert_same_run(tmp_path / "ds", reference[grouping])
 
 
 def test_deepspeed_zero1_bf16_resumes_on_the_same_ranks_and_refuses_others(tmp_path):
@@ -117,6 +117,14 @@ def test_deepspeed_zero1_bf16_resumes_on_the_same_ranks_and_refuses_others(tmp_p
     losses = train_losses(run_dir)
     assert len(losses) == STEPS and all(0 < loss < 3 for loss in losses)  # bf16: close to, not equal to, fp32
     assert load_checkpoint(run_dir)["step"] == STEPS
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_accumulation_steps_give_the_same_run_in_one_process(reference, tmp_path, grouping):
+    recipe = load_recipe(RECIPE, overrides(tmp_path, "accumulated", grouping, "optim.accumulation_steps=4"))
+    (tmp_path / "accumulated").mkdir()
+    train(recipe, tmp_path / "accumulated")
+    assert_same_run(tmp_path / "accumulated", reference[grouping])
 
 
 def train_on_rank(rank, world_size, root, extra):

@@ -2,7 +2,7 @@
 engine. Both take the loss of this rank's share of the global batch, already scaled so that averaging over
 ranks gives the gradient of the global mean loss (the trainer does that), and expose the same four calls::
 
-    step.backward(loss)     # gradients of this rank's share
+    step.backward(loss)     # gradients of one micro-batch of this rank's share (accumulated)
     step.step()             # average over ranks (once), clip, optimiser and schedule step, zero the gradients
     step.state_dict()       # optimiser + schedule state for the checkpoint
     step.load_state_dict(state)
@@ -24,13 +24,14 @@ from mapscale.distributed.world import World
 
 class TorchStep:
     """The recipe's optimiser and schedule; with several ranks, one all-reduce (SUM, then / N) of all the
-    trainable gradients, flattened into one buffer."""
+    trainable gradients, flattened into one buffer. ``accumulation`` micro-batches per step."""
 
-    def __init__(self, params: list[nn.Parameter], optimizer, schedule, grad_clip: float | None, world: World) -> None:
+    def __init__(self, params: list[nn.Parameter], optimizer, schedule, grad_clip: float | None, world: World, accumulation: int = 1) -> None:
         self.params, self.optimizer, self.schedule, self.grad_clip, self.world = params, optimizer, schedule, grad_clip, world
+        self.accumulation = accumulation
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss / self.accumulation).backward()
 
     def step(self) -> None:
         if self.world.distributed:
@@ -80,10 +81,13 @@ class DeepSpeedStep:
         self.partitioned = self.optimizer is not optimizer
 
     def backward(self, loss: torch.Tensor) -> None:
+        # DeepSpeed divides by its gradient_accumulation_steps and counts micro-batches in step(): it must be
+        # called after every backward, and applies the update (averaging, clipping) at the last of them.
         self.engine.backward(loss)
+        self.engine.step()
 
     def step(self) -> None:
-        self.engine.step()
+        """Nothing left to do: the engine stepped at the step's last micro-batch."""
 
     def last_lr(self) -> float:
         return self.engine.get_lr()[0]
@@ -110,16 +114,17 @@ class DeepSpeedStep:
             raise ValueError(f"no DeepSpeed optimiser partitions in {directory}: resume this run with its DeepSpeed config on the same number of ranks")
 
 
-def deepspeed_config(config: dict[str, Any], *, batch_size: int, world: World, grad_clip: float | None) -> dict[str, Any]:
+def deepspeed_config(config: dict[str, Any], *, batch_size: int, accumulation: int, world: World, grad_clip: float | None) -> dict[str, Any]:
     """The recipe's DeepSpeed config with what the trainer owns filled in: batch sizes from ``optim.batch_size``
-    over the world (one micro-batch per rank per step) and clipping from ``optim.grad_clip``."""
+    (the global batch of one step) over the world and ``optim.accumulation_steps``, clipping from
+    ``optim.grad_clip``."""
     config = dict(config)
-    accumulation = config.setdefault("gradient_accumulation_steps", 1)
-    if accumulation != 1:
-        raise ValueError("gradient_accumulation_steps must be 1 in the DeepSpeed config: each step uses one global batch of optim.batch_size")
-    micro = -(-batch_size // world.size)
+    given = config.setdefault("gradient_accumulation_steps", accumulation)
+    if given != accumulation:
+        raise ValueError(f"the DeepSpeed config's gradient_accumulation_steps {given} differs from optim.accumulation_steps {accumulation}; set optim.accumulation_steps")
+    micro = -(-batch_size // (world.size * accumulation))
     config.setdefault("train_micro_batch_size_per_gpu", micro)
-    config.setdefault("train_batch_size", config["train_micro_batch_size_per_gpu"] * world.size)
+    config.setdefault("train_batch_size", config["train_micro_batch_size_per_gpu"] * accumulation * world.size)
     if grad_clip is not None:
         config.setdefault("gradient_clipping", grad_clip)
     if config.get("fp16", {}).get("enabled") and world.device.type == "cpu":
