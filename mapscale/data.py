@@ -7,6 +7,9 @@ Sources (``DataSection.name``):
   ``datasets.Dataset`` (``shipped_mnist_dataset``), split like every other source, then held as tensors.
 * ``imagefolder``: one sub-folder per class under ``data.path`` (``real/``, ``fake/``), read lazily.
 * ``csv``, ``parquet``, ``json``: tabular files under ``data.path``; numeric columns become a float vector.
+* ``segfolder`` (task ``segmentation``, the only source for it): ``data.path/images/*.png|jpg`` with one mask
+  ``data.path/masks/<same stem>.png`` each, read lazily (see `_build_segfolder`).
+* windowed time series: `timeseries_windows` (a function for now; no ``data.name`` reaches it yet).
 * anything else: a Hugging Face hub dataset id (needs network access, or a cached copy and
   ``HF_HUB_OFFLINE=1``).
 
@@ -45,9 +48,11 @@ if TYPE_CHECKING:  # `datasets` pulls in pyarrow and pandas: imported where used
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-BUILTIN_SOURCES = ("shipped_mnist", "imagefolder", "csv", "parquet", "json")
+BUILTIN_SOURCES = ("shipped_mnist", "imagefolder", "segfolder", "timeseries", "csv", "parquet", "json")
 """The ``data.name`` values read without the hub; any other name is taken as a hub dataset id."""
 TASKS = ("classification", "regression", "segmentation")
+IGNORE_INDEX = 255
+"""Mask value of pixels left out of the loss and the metrics (as ``mapscale.metrics.IGNORE_INDEX``)."""
 
 _TABULAR_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet",), "json": (".json", ".jsonl")}
 _EXPECTS = {
@@ -82,13 +87,15 @@ class DataSplits:
 
     ``train`` and ``test`` are map-style datasets whose item ``i`` is ``(input, target)``: ``input`` a float32
     tensor of shape ``input_shape``; ``target`` an int64 scalar for classification, a float32 vector for
-    regression (shape ``(1,)`` for one target column, so a batch is ``(B, 1)`` like a one-output head's).
+    regression (shape ``(1,)`` for one target column, so a batch is ``(B, 1)`` like a one-output head's), an
+    int64 ``(H, W)`` mask of class ids for segmentation (255: ignored pixel).
     """
 
     train: Dataset
     test: Dataset
     num_classes: int | None
-    """Classification: number of classes (targets lie in ``[0, num_classes)``); regression: None."""
+    """Classification and segmentation: number of classes (targets lie in ``[0, num_classes)``, masks may also
+    hold 255); regression: None."""
     input_shape: tuple[int, ...]
     """Shape of one input tensor, e.g. ``(1, 28, 28)`` or ``(n_features,)``."""
 
@@ -116,16 +123,29 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
 
     ``cache_dir`` is where Hugging Face ``datasets`` keeps the Arrow files it builds from local files or
     downloads (default: its own cache, ``~/.cache/huggingface/datasets``). Raises ``DataError`` for any
-    problem with the data asked for, and for ``segmentation``, which these loaders do not support yet.
+    problem with the data asked for; ``segmentation`` is read from ``segfolder`` only.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    if task == "segmentation":
+    if (task == "segmentation") != (section.name == "segfolder"):
         # Image + mask pairs need their own folder layout and joint transforms; refusing beats training on
         # class labels under a per-pixel loss.
+        if task == "segmentation":
+            raise DataError(
+                f"segmentation data (images with per-pixel masks) is read from data.name=segfolder only, not "
+                f"{section.name!r}: set data.name=segfolder and data.path to a folder holding images/ and masks/"
+            )
         raise DataError(
-            "segmentation data (images with per-pixel masks) is not supported by the mapscale.data loaders yet; "
-            "use task=classification or task=regression, or build the datasets yourself"
+            f"data.name=segfolder holds images with per-pixel masks; it serves task=segmentation, not {task}"
+        )
+    if section.name == "segfolder":
+        return _build_segfolder(section)
+    if section.name == "timeseries":
+        if task != "regression" or section.path is None or section.window is None or section.target_column is None:
+            raise DataError("data.name=timeseries needs task=regression, data.path (a CSV file), data.window and data.target_column")
+        return timeseries_windows(
+            section.path, section.target_column, section.window, section.horizon, section.test_size,
+            section.feature_columns, section.standardise_target,
         )
     if section.name == "shipped_mnist":
         return _build_shipped_mnist(section, task)
@@ -221,6 +241,188 @@ def _build_shipped_mnist(section: DataSection, task: str) -> DataSplits:
     return DataSplits(train, test, num_classes, tuple(train.tensors[0].shape[1:]))
 
 
+# -- segmentation: image and mask folders ------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _build_segfolder(section: DataSection) -> DataSplits:
+    """Segmentation pairs ``path/images/<stem>.png|jpg`` + ``path/masks/<stem>.png``.
+
+    A mask is a single-channel (``L`` or palette ``P``) PNG whose pixel values are class ids, 255 marking
+    pixels to ignore. ``num_classes`` is inferred as the largest class id over all masks (255 left out) + 1,
+    which reads every mask once here; a class that never occurs above the largest id is invisible to it.
+    Images are converted to ``data.channels`` (default 3) and resized bilinearly, masks by nearest neighbour,
+    to ``data.image_size`` when set (else each mask must match its image's size). Normalisation as for
+    ``imagefolder``. The split is a seeded random one by ``test_size`` (not stratified); ``max_examples`` caps
+    each split.
+    """
+    expects = "a folder holding images/ (*.png or *.jpg) and masks/ (one <image stem>.png of class ids each)"
+    if section.path is None:
+        raise DataError(f"data.path is not set: data.name=segfolder reads local files; set data.path to {expects}")
+    root = Path(section.path).expanduser()
+    image_dir, mask_dir = root / "images", root / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"data.path {root} has no {folder.name}/ folder: segfolder expects {expects}")
+    unused = {"input_column": section.input_column, "target_column": section.target_column,
+              "feature_columns": section.feature_columns}
+    if any(v is not None for v in unused.values()):
+        names = ", ".join(f"data.{k}" for k, v in unused.items() if v is not None)
+        raise DataError(f"{names} do not apply to segfolder (images/ and masks/ folders); remove them")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise DataError(f"{image_dir} holds no .png or .jpg images: segfolder expects {expects}")
+    masks = [mask_dir / f"{p.stem}.png" for p in images]
+    missing = [m.name for m in masks if not m.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(images)} images in {image_dir} have no mask in {mask_dir} "
+            f"(missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+            "each image needs masks/<stem>.png"
+        )
+    largest = -1
+    for mask in masks:
+        ids = np.unique(_read_mask(mask))
+        ids = ids[ids != IGNORE_INDEX]
+        largest = max(largest, int(ids.max()) if len(ids) else -1)
+    if largest < 0:
+        raise DataError(f"every mask in {mask_dir} is all 255 (ignored): there is no class to learn")
+
+    train_idx, test_idx = _split_indices(len(images), section.test_size, section.split_seed, None)
+    train_idx, test_idx = _cap(train_idx, section.max_examples), _cap(test_idx, section.max_examples)
+    channels = section.channels or 3
+    defaults = ([MNIST_MEAN], [MNIST_STD]) if channels == 1 else (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    transform = _ImageTransform(channels, section.image_size, *_normalisation(section, channels, *defaults))
+
+    def pairs(idx: np.ndarray) -> _SegmentationDataset:
+        return _SegmentationDataset([images[i] for i in idx], [masks[i] for i in idx], transform, section.image_size)
+
+    train, test = pairs(train_idx), pairs(test_idx)
+    if section.image_size is not None:
+        input_shape: tuple[int, ...] = (channels, section.image_size, section.image_size)
+    else:
+        input_shape = tuple(train[0][0].shape)
+    return DataSplits(train, test, largest + 1, input_shape)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as mask:
+        if mask.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(
+                f"mask {path} has mode {mask.mode}; masks must be single-channel PNGs whose values are class ids"
+            )
+        return np.array(mask)
+
+
+class _SegmentationDataset(Dataset):
+    """Reads one image and its mask per item: ``(float32 (C, H, W), int64 (H, W))``."""
+
+    def __init__(self, images: list[Path], masks: list[Path], transform: _ImageTransform, size: int | None) -> None:
+        self.images, self.masks, self.transform, self.size = images, masks, transform, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        from PIL import Image
+
+        with Image.open(self.images[index]) as image:
+            pixels = self.transform(image)
+        mask = Image.fromarray(_read_mask(self.masks[index]))
+        if self.size is not None:
+            mask = mask.resize((self.size, self.size), Image.Resampling.NEAREST)  # nearest: ids stay ids
+        target = torch.from_numpy(np.array(mask).astype(np.int64))
+        if target.shape != pixels.shape[1:]:
+            raise DataError(
+                f"mask {self.masks[index]} is {tuple(target.shape)} but its image is {tuple(pixels.shape[1:])} "
+                "(height, width); set data.image_size to resize both, or fix the mask"
+            )
+        return pixels, target
+
+
+# -- windowed time series -----------------------------------------------------------------------------------------
+
+
+def timeseries_windows(
+    frame_or_path: Any,
+    target: str,
+    window: int,
+    horizon: int = 1,
+    test_size: float = 0.2,
+    feature_columns: list[str] | None = None,
+    standardise_target: bool = False,
+) -> DataSplits:
+    """Sliding windows over one time series, split chronologically, for regression.
+
+    ``frame_or_path``: a pandas ``DataFrame`` or the path of a CSV file, one row per time step, oldest first.
+    Inputs are ``window`` consecutive rows of the feature columns (default: every numeric column, the target
+    column included, since its past is usually the best predictor), float32 ``(window, n_features)``; the
+    target is the ``target`` value ``horizon`` steps after the window's last row, float32 ``(1,)``.
+    So window ``i`` reads rows ``[i, i + window)`` and predicts row ``i + window - 1 + horizon``.
+
+    The last ``test_size`` of the rows (a fraction < 1, or a count of rows >= 1) form the test part; windows
+    are cut within each part, so none straddles the boundary and the test part must hold at least
+    ``window + horizon`` rows. Nothing is shuffled: datasets come in time order. Features are standardised
+    with the training part's per-column mean and std (a constant column is only centred); the target stays in
+    its own units unless ``standardise_target``, which scales it with the training part's statistics too.
+    """
+    import pandas as pd
+
+    if window < 1 or horizon < 1:
+        raise DataError(f"window ({window}) and horizon ({horizon}) must be at least 1")
+    if isinstance(frame_or_path, pd.DataFrame):
+        frame, source = frame_or_path, "the time series"
+    else:
+        path = Path(frame_or_path).expanduser()
+        if not path.is_file():
+            raise DataError(f"time series file {path} does not exist; give a CSV file with one row per time step")
+        frame, source = pd.read_csv(path), f"time series {path}"
+    if target not in frame.columns:
+        raise DataError(f"{source} has no target column {target!r} (columns: {', '.join(map(str, frame.columns))})")
+    if feature_columns is None:
+        feature_columns = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    missing = [c for c in feature_columns if c not in frame.columns]
+    if missing:
+        columns = ", ".join(map(str, frame.columns))
+        raise DataError(f"feature columns {missing} are not columns of {source} (columns: {columns})")
+    try:
+        features = frame[feature_columns].to_numpy(dtype=np.float64)  # (T, F)
+        targets = frame[target].to_numpy(dtype=np.float64)  # (T,)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{source}: feature and target columns must hold numbers ({err})") from err
+    if np.isnan(features).any() or np.isnan(targets).any():
+        raise DataError(f"{source} has missing values in its feature or target columns; fill or drop them first")
+
+    steps = len(frame)
+    n_test = _test_count(steps, test_size)
+    cut = steps - n_test  # rows [0, cut) train, [cut, steps) test
+    span = window + horizon
+    if cut < span or n_test < span:
+        raise DataError(
+            f"{source} has {steps} rows, split {cut} train / {n_test} test, but each part needs at least "
+            f"window + horizon = {span} rows; use a longer series, a smaller window or another test_size"
+        )
+    mean, std = features[:cut].mean(0), features[:cut].std(0)
+    std[std == 0] = 1.0
+    features = (features - mean) / std
+    if standardise_target:
+        target_std = targets[:cut].std() or 1.0
+        targets = (targets - targets[:cut].mean()) / target_std
+
+    def windows(start: int, stop: int) -> TensorDataset:
+        count = stop - start - span + 1
+        first = start + np.arange(count)  # (N,) first row of each window
+        inputs = features[first[:, None] + np.arange(window)]  # (N, window, F)
+        outputs = targets[first + span - 1][:, None]  # (N, 1)
+        return TensorDataset(torch.from_numpy(inputs.astype(np.float32)), torch.from_numpy(outputs.astype(np.float32)))
+
+    train, test = windows(0, cut), windows(cut, steps)
+    return DataSplits(train, test, None, (window, len(feature_columns)))
+
+
 # -- loading local files and hub datasets ---------------------------------------------------------------------
 
 
@@ -294,7 +496,7 @@ def _not_found(name: str, reason: str) -> str:
     return (
         f"data.name {name!r} is neither a built-in data source ({', '.join(BUILTIN_SOURCES)}) nor a dataset "
         f"reachable on the Hugging Face hub: {reason}. For local data set data.name to imagefolder (one "
-        "sub-folder per class) or csv/parquet/json, and data.path to the folder or file"
+        "sub-folder per class), segfolder (images/ and masks/) or csv/parquet/json, and data.path to the folder or file"
     )
 
 

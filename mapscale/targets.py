@@ -39,11 +39,109 @@ def cnn2(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
     return small_mnist_cnn((16, 32), 128, classes, in_channels)
 
 
+def cnn1(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
+    """The paper's CNN1 (AlexNet-inspired), 537,994 parameters on 1x28x28 input with 10 classes, as the paper.
+
+    Every conv is 3x3 with padding 1 (the paper states pad 1 only for the first; padding 1 on all four is what
+    gives its 128x3x3 = 1152 features, and padding leaves the count unchanged):
+    conv in->32 (28x28) -> ReLU -> maxpool 2 (14x14); conv 32->64 (14x14) -> ReLU -> maxpool 2 (7x7);
+    conv 64->128 (7x7) -> ReLU; conv 128->128 (7x7) -> ReLU -> maxpool 2 (3x3, floor);
+    flatten 1152 -> FC 256 -> ReLU -> FC classes.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, classes),
+    )
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU()]
+
+
+class UNet(nn.Module):
+    """A small U-Net: ``len(widths)`` encoder levels, a bottleneck at twice the last width, a mirrored decoder.
+
+    Encoder level: (3x3 conv + BN + ReLU) x 2, its output kept as the skip, then maxpool 2. Bottleneck:
+    (3x3 conv + BN + ReLU) x 2 at ``2 * widths[-1]``. Decoder level: 2x2 stride-2 transpose conv halving the
+    channels, concatenation with the skip, one 3x3 conv + BN + ReLU. Then a 1x1 classifier. Output: logits
+    ``(N, classes, H, W)`` for input ``(N, in_channels, H, W)``, H and W divisible by ``2 ** len(widths)``.
+    """
+
+    def __init__(self, in_channels: int, classes: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.encoder = nn.ModuleList()
+        for width in widths:
+            self.encoder.append(nn.Sequential(*_conv_bn_relu(in_channels, width), *_conv_bn_relu(width, width)))
+            in_channels = width
+        bottleneck = 2 * widths[-1]
+        self.bottleneck = nn.Sequential(*_conv_bn_relu(in_channels, bottleneck), *_conv_bn_relu(bottleneck, bottleneck))
+        self.upsample, self.decoder = nn.ModuleList(), nn.ModuleList()
+        in_channels = bottleneck
+        for width in reversed(widths):
+            self.upsample.append(nn.ConvTranspose2d(in_channels, width, 2, stride=2))
+            self.decoder.append(nn.Sequential(*_conv_bn_relu(2 * width, width)))  # upsampled + skip channels
+            in_channels = width
+        self.classifier = nn.Conv2d(in_channels, classes, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, classes, H, W)
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for upsample, block, skip in zip(self.upsample, self.decoder, reversed(skips)):
+            x = block(torch.cat([upsample(x), skip], dim=1))
+        return self.classifier(x)
+
+
+def cnn3(in_channels: int = 3, classes: int = 19, width: int = 32) -> UNet:
+    """The paper's CNN3 (U-Net-inspired segmentation net for 19 Cityscapes classes on 3x256x256 input):
+    exactly the paper's 1,734,803 parameters at the defaults (1,733,619 if the convs had no bias).
+
+    Encoder levels at ``width`` x (1, 2, 4) = 32, 64, 128 channels, bottleneck 256, decoder 256->128->64->32,
+    1x1 classifier; see `UNet`. Assumptions (the paper gives none of these): every 3x3 conv has padding 1 and a
+    bias and is followed by BatchNorm then ReLU; the transpose convs have a bias and no BN/ReLU of their own.
+    Logits come out at the input resolution (H and W divisible by 8).
+    """
+    return UNet(in_channels, classes, (width, 2 * width, 4 * width))
+
+
+class LSTMRegressor(nn.Module):
+    """One-layer ``batch_first`` LSTM with a linear head on the last time step:
+    ``(N, T, inputs)`` -> ``(N, outputs)``."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int = 1) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(inputs, hidden, num_layers=1, batch_first=True)
+        self.head = nn.Linear(hidden, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden_states, _ = self.lstm(x)  # (N, T, hidden)
+        return self.head(hidden_states[:, -1])
+
+
+def paper_lstm(inputs: int = 67, hidden: int = 32) -> LSTMRegressor:
+    """The paper's time-series LSTM, 12,961 parameters at the defaults, matching the paper exactly.
+
+    The paper does not describe it; one layer with 67 input features and 32 hidden units (4 gates x
+    (67*32 + 32*32 + 2*32 biases) = 12,928) plus a linear head 32->1 (33) is the inference that gives 12,961.
+    """
+    return LSTMRegressor(inputs, hidden, 1)
+
+
 # Builder name -> function, as recipes name them (``target.name``). torchvision models are reached with
 # the ``torchvision:`` prefix instead of being listed.
 TARGETS: dict[str, Callable[..., nn.Module]] = {
     "small_mnist_cnn": small_mnist_cnn,
+    "cnn1": cnn1,
     "cnn2": cnn2,
+    "cnn3": cnn3,
+    "paper_lstm": paper_lstm,
 }
 TORCHVISION_PREFIX = "torchvision:"
 

@@ -293,8 +293,8 @@ def test_unknown_dataset_name_fails_fast(tmp_path):
     start = time.perf_counter()
     # Offline, the quick probe of the hub fails; online, the hub answers "not found". Either way: fast.
     expected = (
-        r"'mapscale-tests/no-such-dataset' is neither a built-in data source \(shipped_mnist, imagefolder, csv, "
-        r"parquet, json\) nor a dataset reachable on the Hugging Face hub.*data.name to imagefolder"
+        r"'mapscale-tests/no-such-dataset' is neither a built-in data source \(shipped_mnist, imagefolder, segfolder, "
+        r"csv, parquet, json\) nor a dataset reachable on the Hugging Face hub.*data.name to imagefolder"
     )
     with pytest.raises(DataError, match=expected):
         build(tmp_path, name="mapscale-tests/no-such-dataset")
@@ -331,8 +331,8 @@ def test_hub_dataset_not_found_is_a_data_error(tmp_path, monkeypatch):
         build(tmp_path, name="nobody/nothing")
 
 
-def test_segmentation_is_not_supported_yet(tmp_path):
-    with pytest.raises(DataError, match="segmentation data .* is not supported by the mapscale.data loaders yet"):
+def test_segmentation_is_read_from_segfolder_only(tmp_path):
+    with pytest.raises(DataError, match="segmentation data .* is read from data.name=segfolder only"):
         build(tmp_path, "segmentation")
 
 
@@ -345,3 +345,142 @@ def test_test_size_and_normalisation_problems(tmp_path):
         build(tmp_path, mean=[0.5])
     with pytest.raises(DataError, match="data.mean has 2 values for 3-channel images"):
         build(tmp_path, channels=3, mean=[0.5, 0.5], std=[0.2])
+
+
+# -- segmentation folders ---------------------------------------------------------------------------------------
+
+
+def make_segfolder(root, count: int = 5, size=(12, 10)):
+    """``count`` RGB images of ``size`` (width, height) with masks: left half class 0, right half class 2, the
+    top-left pixel 255 (ignored)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    width, height = size
+    for i in range(count):
+        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        mask = np.zeros((height, width), dtype=np.uint8)
+        mask[:, width // 2:] = 2
+        mask[0, 0] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_segfolder_items_masks_and_classes(tmp_path):
+    folder = make_segfolder(tmp_path / "seg")
+    splits = build(tmp_path, "segmentation", name="segfolder", path=folder, test_size=0.2)
+    assert (len(splits.train), len(splits.test)) == (4, 1)
+    assert splits.num_classes == 3 and splits.input_shape == (3, 10, 12)  # largest id 2 (255 left out) + 1
+    x, y = splits.train[0]
+    assert x.shape == (3, 10, 12) and x.dtype == torch.float32
+    assert y.shape == (10, 12) and y.dtype == torch.int64
+    assert y[0, 0] == 255 and (y[1:, :6] == 0).all() and (y[:, 6:] == 2).all()
+
+
+def test_segfolder_resizes_masks_by_nearest_neighbour(tmp_path):
+    folder = make_segfolder(tmp_path / "seg")
+    splits = build(tmp_path, "segmentation", name="segfolder", path=folder, image_size=8, channels=1, max_examples=2)
+    assert (len(splits.train), len(splits.test)) == (2, 1) and splits.input_shape == (1, 8, 8)
+    inputs, masks = next(iter(DataLoader(splits.train, batch_size=2)))
+    assert inputs.shape == (2, 1, 8, 8) and masks.shape == (2, 8, 8)
+    assert set(masks.unique().tolist()) <= {0, 2, 255}  # no blended ids
+    assert (masks[:, :, :4] != 2).all() and (masks[:, :, 4:] == 2).all()
+
+
+def test_segfolder_problems_are_named(tmp_path):
+    folder = make_segfolder(tmp_path / "seg", count=3)
+    (folder / "masks" / "1.png").unlink()
+    with pytest.raises(DataError, match=r"1 of 3 images .* have no mask .*missing: 1.png"):
+        build(tmp_path, "segmentation", name="segfolder", path=folder)
+    with pytest.raises(DataError, match="has no images/ folder"):
+        build(tmp_path, "segmentation", name="segfolder", path=tmp_path / "seg" / "images")
+    with pytest.raises(DataError, match="serves task=segmentation, not classification"):
+        build(tmp_path, name="segfolder", path=folder)
+    with pytest.raises(DataError, match="data.path is not set"):
+        build(tmp_path, "segmentation", name="segfolder")
+
+
+def test_segfolder_mask_of_another_size_needs_image_size(tmp_path):
+    folder = make_segfolder(tmp_path / "seg", count=2)
+    Image.fromarray(np.ones((4, 4), dtype=np.uint8)).save(folder / "masks" / "0.png")
+    splits = build(tmp_path, "segmentation", name="segfolder", path=folder, test_size=1)
+    bad = splits.train if splits.train.masks[0].name == "0.png" else splits.test
+    with pytest.raises(DataError, match=r"is \(4, 4\) but its image is \(10, 12\)"):
+        bad[0]
+
+
+# -- windowed time series ---------------------------------------------------------------------------------------
+
+
+def linear_series(steps: int = 20) -> "pd.DataFrame":
+    import pandas as pd
+
+    t = np.arange(steps, dtype=np.float64)
+    return pd.DataFrame({"date": [f"day {i}" for i in range(steps)], "level": 3 * t + 1, "other": t % 2})
+
+
+def test_timeseries_window_shapes_and_chronological_split():
+    # 20 rows, the last 5 held out: train rows 0-14, test rows 15-19; window 3, horizon 2 -> span 5
+    splits = data.timeseries_windows(linear_series(), "level", window=3, horizon=2, test_size=5)
+    assert (len(splits.train), len(splits.test)) == (15 - 5 + 1, 5 - 5 + 1)
+    assert splits.input_shape == (3, 2) and splits.num_classes is None  # numeric columns level, other
+    x, y = splits.train[0]
+    assert x.shape == (3, 2) and x.dtype == torch.float32 and y.shape == (1,)
+    # targets in their own units, in time order: train window i predicts row i + 4; the test window row 19
+    assert splits.train.tensors[1].flatten().tolist() == [3 * (i + 4) + 1 for i in range(11)]
+    assert splits.test.tensors[1].flatten().tolist() == [3 * 19 + 1]
+
+
+def test_timeseries_standardises_with_the_training_part():
+    splits = data.timeseries_windows(linear_series(), "level", window=3, horizon=1, test_size=0.25)
+    level_train = 3 * np.arange(15) + 1.0  # the training part: rows 0-14
+    mean, std = level_train.mean(), level_train.std()
+    train_inputs, test_inputs = splits.train.tensors[0], splits.test.tensors[0]
+    # every training row appears as the first step of some window except the last three
+    first_steps = train_inputs[:, 0, 0].double()
+    assert torch.allclose(first_steps, torch.from_numpy((level_train[:12] - mean) / std), atol=1e-6)
+    assert test_inputs[0, 0, 0].item() == pytest.approx((3 * 15 + 1 - mean) / std, rel=1e-6)  # train stats
+
+
+def test_timeseries_last_value_baseline_has_the_known_error(tmp_path):
+    # On y = 3t + 1 predicting the last seen value misses by 3 * horizon: MSE 9 h^2 (targets in raw units).
+    path = tmp_path / "series.csv"
+    linear_series(30).to_csv(path, index=False)
+    for horizon in (1, 2):
+        splits = data.timeseries_windows(path, "level", window=4, horizon=horizon, test_size=0.3)
+        inputs, targets = splits.test.tensors
+        std, mean = np.std(3 * np.arange(21) + 1.0), np.mean(3 * np.arange(21) + 1.0)
+        last_value = inputs[:, -1, 0:1].double() * std + mean  # undo the standardisation of "level"
+        mse = torch.nn.functional.mse_loss(last_value, targets.double()).item()
+        assert mse == pytest.approx(9 * horizon**2, rel=1e-5)
+
+
+def test_timeseries_standardised_target_and_problems(tmp_path):
+    splits = data.timeseries_windows(
+        linear_series(), "level", window=2, standardise_target=True, feature_columns=["other"]
+    )
+    assert splits.input_shape == (2, 1)
+    assert abs(splits.train.tensors[1].mean().item()) < 0.3
+    with pytest.raises(DataError, match="each part needs at least window \\+ horizon = 6 rows"):
+        data.timeseries_windows(linear_series(), "level", window=5, test_size=4)
+    with pytest.raises(DataError, match="no target column 'pm25'"):
+        data.timeseries_windows(linear_series(), "pm25", window=2)
+    with pytest.raises(DataError, match="does not exist"):
+        data.timeseries_windows(tmp_path / "none.csv", "level", window=2)
+
+
+def test_timeseries_through_the_recipe_section(tmp_path):
+    import pandas as pd
+
+    from mapscale.recipe import DataSection
+
+    t = np.arange(50, dtype=np.float64)
+    pd.DataFrame({"x": np.sin(t), "y": 3 * t + 1}).to_csv(tmp_path / "series.csv", index=False)
+    section = DataSection(name="timeseries", path=tmp_path / "series.csv", target_column="y", window=6, horizon=2, test_size=0.2)
+    splits = build_datasets(section, "regression")
+    inputs, target = splits.train[0]
+    assert tuple(inputs.shape) == (6, 2) and tuple(target.shape) == (1,)
+    assert len(splits.train) == 40 - 6 - 2 + 1 and len(splits.test) == 10 - 6 - 2 + 1
+    with pytest.raises(DataError, match="needs task=regression"):
+        build_datasets(section, "classification")

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from mapscale.metrics import Metrics
+from mapscale.metrics import Metrics, roc_auc
 
 
 def one_hot_logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -47,3 +49,61 @@ def test_unknown_task_and_missing_classes_are_errors():
         Metrics("ranking")
     with pytest.raises(ValueError, match="need num_classes"):
         Metrics("segmentation")
+
+
+def logits_for_probability(p_class_1: list[float]) -> torch.Tensor:
+    """Two-class logits whose softmax gives class 1 the probability ``p_class_1``."""
+    p = torch.tensor(p_class_1, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], dim=1).float()
+
+
+def test_roc_auc_by_hand():
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered correctly
+    assert roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
+
+
+def test_roc_auc_counts_ties_as_one_half():
+    # pairs (pos, neg): (0.5, 0.5) tie = 1/2, (0.5, 0.2) = 1, (0.9, 0.5) = 1, (0.9, 0.2) = 1 -> 3.5 / 4
+    assert roc_auc(torch.tensor([0.5, 0.2, 0.5, 0.9]), torch.tensor([0, 0, 1, 1])) == pytest.approx(3.5 / 4)
+    assert roc_auc(torch.full((4,), 0.3), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.5)
+
+
+def test_roc_auc_perfect_inverted_and_undefined():
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.9])
+    assert roc_auc(scores, labels) == 1.0
+    assert roc_auc(-scores, labels) == 0.0
+    assert math.isnan(roc_auc(scores, torch.ones(5, dtype=torch.long)))
+    assert math.isnan(roc_auc(torch.zeros(0), torch.zeros(0, dtype=torch.long)))
+
+
+def test_binary_classification_reports_auc_over_batches():
+    metrics = Metrics("classification", num_classes=2)
+    metrics.update(logits_for_probability([0.1, 0.4]), torch.tensor([0, 0]))
+    metrics.update(logits_for_probability([0.35, 0.8]), torch.tensor([1, 1]))
+    result = metrics.compute()
+    assert result["auc"] == pytest.approx(0.75)
+    assert result["accuracy"] == pytest.approx(3 / 4)  # 0.35 is called class 0
+    assert "auc" not in Metrics("classification", num_classes=10).compute()
+
+
+def test_auc_survives_a_one_rank_reduce_and_is_left_out_after_a_multi_rank_one():
+    def make() -> Metrics:
+        metrics = Metrics("classification", num_classes=2)
+        metrics.update(logits_for_probability([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+        return metrics
+
+    single = make()
+    single.reduce(lambda t: t.clone())
+    assert single.compute()["auc"] == pytest.approx(0.75)
+    double = make()
+    double.reduce(lambda t: 2 * t)  # two ranks holding the same state
+    assert "auc" not in double.compute() and double.count == 8
+
+
+def test_segmentation_reduce_sums_the_confusion_matrix():
+    metrics = Metrics("segmentation", num_classes=3)
+    metrics.update(one_hot_logits(torch.tensor([[[0, 1], [1, 2]]]), 3), torch.tensor([[[0, 0], [1, 2]]]))
+    metrics.reduce(lambda t: 2 * t)
+    assert metrics.confusion.sum().item() == 8
+    assert metrics.compute()["miou"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
