@@ -143,28 +143,42 @@ def inspect(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="Output file (.safetensors or .pt).")] = Path("model.safetensors"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file: .safetensors or .pt (a state_dict); with --quantize a .pt TorchScript file. Default model.safetensors, or model.pt with --quantize.", show_default=False)] = None,
+    prune: Annotated[Optional[float], typer.Option("--prune", help="Zero this fraction (in [0, 1), e.g. 0.9) of the smallest-magnitude entries of each Linear/Conv/RNN weight; biases and norm parameters are kept.", show_default=False)] = None,
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: dynamic int8 quantisation of the Linear and LSTM layers (convolutions stay float32), saved as TorchScript.", show_default=False)] = None,
 ) -> None:
-    """Materialise the target's weights into a plain state_dict the target loads without mapscale."""
-    from mapscale.train import load_run
+    """Materialise the target's weights into a plain state_dict the target loads without mapscale.
 
+    --prune and --quantize are the export-time add-ons of the paper's Table 8; given both, the weights are pruned
+    and then quantised. A quantised model runs with `torch.jit.load(FILE)` alone (CPU).
+    """
+    from mapscale.export import SparsityReport, export_run
+
+    out = out or Path("model.pt" if quantize else "model.safetensors")
     try:
-        recipe, model, state = load_run(run, "cpu")
+        result = export_run(run, out, prune=prune, quantize=quantize)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    # Tied names share a tensor; safetensors stores each name as its own contiguous tensor.
-    weights = {name: tensor.contiguous().clone() for name, tensor in model.materialize().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(weights, str(out), metadata={"recipe": recipe.name, "target": recipe.target.name, "step": str(state["step"])})
-    else:
-        import torch
-
-        torch.save(weights, out)
-    total = sum(t.numel() for t in weights.values())
-    console.print(f"wrote {out}: {len(weights)} tensors, {total:,} values, from step {state['step']}")
+    if result.sparsity is not None:
+        report, fraction = result.sparsity, SparsityReport.sparsity
+        table = Table(title=f"pruned {report.amount:.0%} of each of {len(report.tensors)} weights by magnitude")
+        for column in ("weights", "values", "zeros"):
+            table.add_column(column, justify="left" if column == "weights" else "right")
+        for kind, counts in report.kinds.items():
+            table.add_row(kind, f"{counts[1]:,}", f"{fraction(counts):.1%}")
+        table.add_row("pruned, overall", f"{report.pruned[1]:,}", f"{fraction(report.pruned):.1%}")
+        table.add_row("whole state_dict", f"{report.all[1]:,}", f"{fraction(report.all):.1%}")
+        console.print(table)
+    if result.quantization is not None:
+        q = result.quantization
+        console.print(f"quantised to int8 (dynamic): {', '.join(q.quantized) or 'nothing'}")
+        if q.float_kept:
+            console.print(f"kept float32 (no dynamic int8 kernel): {', '.join(q.float_kept)}")
+        console.print(f"state size {q.bytes_before:,} -> {q.bytes_after:,} bytes ({q.bytes_after / q.bytes_before:.0%})")
+    console.print(
+        f"wrote {result.out} ({result.format}, {result.file_bytes:,} bytes): {result.tensors} tensors, "
+        f"{result.values:,} values, from step {result.step}"
+    )
 
 
 @app.command()
