@@ -93,6 +93,38 @@ class MappingSection(Section):
     """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
     seed: int = 0
     """Keys the fixed mapping weights and latent init; runs sharing it (and the target) share a mapping."""
+    mode: Literal["generate", "finetune"] = "generate"
+    """``generate``: the target's parameters are generated. ``finetune`` (the paper's eq. 25,
+    ``mapscale.mapping.finetune``): pretrained weights (``target.weights``) stay frozen and generated elements
+    modulate the tuned ones; the run starts exactly at the pretrained model (``offset``/``latent_init_std`` unused)."""
+    finetune_tuned: list[str] = Field(default_factory=list)
+    """Fine-tuning: selectors of the tuned tensors (``["layer4.*", "fc.*"]``); empty: every tensor. Untuned
+    tensors are frozen unless ``trainable`` selects them."""
+    finetune_block_size: int = Field(1, ge=1)
+    """Fine-tuning: weights modulated by one generated element (the paper's L; it reports 1, 250, 25,000). An int
+    budget is capped at the element count sum_t ceil(numel_t / L)."""
+    finetune_form: Literal["additive", "multiplicative"] = "additive"
+    """Fine-tuning: ``additive`` (the paper's ``w + alpha sigma o``, sigma the tensor's pretrained std) or
+    ``multiplicative`` (a gate ``w (1 + alpha o)``)."""
+    finetune_scale: float = Field(0.1, gt=0)
+    """Fine-tuning: alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of
+    element; a latent with unit-variance entries moves elements by about one. Not yet measured."""
+
+    @model_validator(mode="after")
+    def _finetune_fields_need_finetune_mode(self):
+        defaults = {"finetune_tuned": [], "finetune_block_size": 1, "finetune_form": "additive", "finetune_scale": 0.1}
+        if self.mode == "generate":
+            changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(f"{changed} apply only with mapping.mode='finetune' (mode is 'generate')")
+            return self
+        if self.frozen:
+            raise ValueError("mapping.mode='finetune' freezes every untuned tensor already; leave mapping.frozen empty")
+        if self.latent_init_std not in (None, 0.0):
+            raise ValueError(f"mapping.mode='finetune' starts its latents at 0 (the pretrained model); latent_init_std {self.latent_init_std} is not used, leave it unset")
+        if self.variant == "full-dnn":
+            raise ValueError("variant 'full-dnn' freezes the latents at 0, where fine-tuning's mapping gets no gradient; use 'mapping'")
+        return self
 
 
 class LossSection(Section):

@@ -40,11 +40,12 @@ from mapscale.distributed.sharding import sharding
 from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
 from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
+from mapscale.mapping.finetune import finetune_model, load_pretrained
 from mapscale.mapping.mapped import MappedModel, map_model
 from mapscale.mapping.operators import mapping_key
 from mapscale.metrics import PRIMARY, Metrics
 from mapscale.recipe import Recipe
-from mapscale.targets import build_target
+from mapscale.targets import build_target, load_state_dict
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: optimiser and schedule under "optim" (DeepSpeed runs), "world_size"
@@ -76,9 +77,12 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     ``world`` each rank builds only its shard of the mapping (``distributed.units``) and gathers the rest."""
     torch.manual_seed(recipe.seed)
     meta = torch.device(device).type == "meta"
-    with torch.device("meta") if meta else nullcontext():
-        target = build_target(recipe.target.name, recipe.target.args, None if meta else recipe.target.weights)
     m = recipe.mapping
+    finetune = m.mode == "finetune"
+    with torch.device("meta") if meta else nullcontext():
+        target = build_target(recipe.target.name, recipe.target.args, None if meta or finetune else recipe.target.weights)
+    if finetune:
+        return _finetuned_model(recipe, target, device, world, meta)
     # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.
     per_unit = recipe.distributed.gather == "per-unit"
     if world is not None and (world.distributed or per_unit) and not meta:
@@ -97,13 +101,38 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         device="meta" if meta else None,
         shard=sharding(world, recipe.distributed.units or None) if world is not None and not meta and (world.distributed or per_unit) else None,
         # The rest of the section is the generator's options (map_model names any it does not know).
-        **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen"}),
+        **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen", "mode", *(f for f in type(m).model_fields if f.startswith("finetune_"))}),
     )
     model.just_in_time = recipe.distributed.gather == "per-unit" and model.generator.shard is not None
     if meta:
         return model
     _return_freed_memory()
     return model.to(device)
+
+
+def _finetuned_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
+    """``mapping.mode="finetune"``: the pretrained ``target.weights`` loaded (a tuned head may differ in shape
+    and keep its seeded init), then modulated by generated elements (`mapscale.mapping.finetune`)."""
+    m = recipe.mapping
+    if world is not None and (world.distributed or recipe.distributed.gather == "per-unit"):
+        raise ValueError("mapping.mode='finetune' runs in one process, unsharded (distributed.gather='whole')")
+    if recipe.loss.alignment is not None:
+        raise ValueError("loss.alignment is undefined at the zero latent every fine-tuning run starts from; leave it off with mapping.mode='finetune'")
+    tuned = [_selector(s) for s in m.finetune_tuned]
+    if not meta:
+        if recipe.target.weights is None:
+            raise ValueError(
+                f"mapping.mode='finetune' modulates pretrained weights, and target.weights is not set for {recipe.target.name}: "
+                "download them (for torchvision:resnet50, torchvision's IMAGENET1K_V1 file "
+                "https://download.pytorch.org/models/resnet50-0676ba61.pth) and give target.weights=/path/resnet50.pth"
+            )
+        load_pretrained(target, load_state_dict(recipe.target.weights), tuned)
+    model = finetune_model(
+        target, tuned, m.finetune_block_size, m.finetune_form, m.finetune_scale, _selectors(m.grouping), m.budget,
+        seed=m.seed, trainable=[_selector(s) for s in m.trainable], device="meta" if meta else None,
+        modulation=m.modulation, modulation_scale=m.modulation_scale, activation=m.activation, variant=m.variant, operator=m.operator,
+    )
+    return model if meta else model.to(device)
 
 
 def _return_freed_memory() -> None:

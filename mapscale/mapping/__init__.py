@@ -3,6 +3,7 @@
 Nothing here knows about recipes, command lines or distributed ranks (DESIGN.md section 3).
 """
 
+from mapscale.mapping.finetune import FineTuneGenerator, finetune_model, load_pretrained
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.layout import GroupSpec, ParamLayout, TensorSpec, sqrt_budget_split
 from mapscale.mapping.mapped import MappedModel, map_model
@@ -11,6 +12,7 @@ from mapscale.mapping.operators import OPERATORS, DenseOperator, MappingOperator
 __all__ = [
     "OPERATORS",
     "DenseOperator",
+    "FineTuneGenerator",
     "GeneratorConfig",
     "GroupSpec",
     "MappedModel",
@@ -18,6 +20,8 @@ __all__ = [
     "MappingOperator",
     "ParamLayout",
     "TensorSpec",
+    "finetune_model",
+    "load_pretrained",
     "map_model",
     "sqrt_budget_split",
 ]

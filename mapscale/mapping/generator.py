@@ -233,6 +233,11 @@ class MappingGenerator(nn.Module):
         bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
         return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
 
+    @property
+    def outputs(self) -> list:
+        """The target's tensors whose values `forward` returns (`MappedModel` replaces them by placeholders)."""
+        return self.layout.generated_tensors()
+
     # -- the pipeline, stage by stage, on a piece of columns (a whole group unless the generator is a shard) --
 
     def coefficients(self, index: int, latent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -32,7 +32,8 @@ class MappedModel(nn.Module):
     def __init__(self, target: nn.Module, generator: MappingGenerator) -> None:
         super().__init__()
         layout = generator.layout
-        for spec in layout.generated_tensors():
+        self._num_target_params = sum(p.numel() for p in target.parameters())  # before any is replaced; tied once
+        for spec in generator.outputs:
             for name in spec.names:
                 owner_path, _, attr = name.rpartition(".")
                 owner = target.get_submodule(owner_path)
@@ -118,7 +119,7 @@ class MappedModel(nn.Module):
 
     def num_target_params(self) -> int:
         """Parameter elements of the target network (tied tensors counted once)."""
-        return self.layout.num_target_params
+        return self._num_target_params
 
     def mapping_bytes(self) -> int:
         return self.generator.mapping_bytes()

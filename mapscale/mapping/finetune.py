@@ -1,0 +1,276 @@
+"""Fine-tuning mode (the paper's eq. 25): modulate frozen pretrained weights with generated elements.
+
+The pretrained tensors ``theta0_t`` chosen for tuning (all of them, or selectors such as ``"layer4.*"``,
+``"fc.*"``) are frozen. For each tuned tensor ``t`` with ``numel_t`` entries an ordinary `MappingGenerator`
+generates ``E_t = ceil(numel_t / L)`` *elements* ``o_t`` (``L``: ``block_size``), and each element modulates
+``L`` consecutive weights (row-major order; the last block of a tensor may be shorter)::
+
+    additive (the paper's form):     w_t = theta0_t + alpha * sigma_t * expand(o_t)
+    multiplicative (a gate):         w_t = theta0_t * (1 + alpha * expand(o_t))
+
+with ``expand(o) = repeat_interleave(o, L)[:numel_t]`` reshaped to the tensor, ``alpha`` the fine-tuning scale
+and ``sigma_t`` the std of ``theta0_t`` (``constant_init_std`` for a constant or one-entry tensor).
+
+The element generator is the ordinary one, built on an *element layout*: a throwaway module holding one
+vector of ``E_t`` entries per tuned tensor, under the tensor's own name, so groupings (slvt, lwt, globs),
+budget splits, operators and modulations apply unchanged (lwt groups elements by the target's module). It runs
+with ``offset="init"`` around a zero base, latents initialised to exactly 0 and ``constant_init_std = 1``:
+the generator's own calibration then makes a latent with unit-variance entries move every element by about
+one, so such a latent moves an additive tensor by ``alpha`` pretrained stds, and a gated one by a relative
+``alpha``. At step 0 the latents are 0, so every element is exactly 0 and the model is exactly the pretrained
+one (no subtraction of an initial output is needed).
+
+**Trainable count.** The latent budget ``D`` is spread over the element groups as usual, but a group cannot
+have more orthonormal rows than elements, so an int budget is capped at the element count::
+
+    trainable = min(D, E) (+ tensors kept directly trainable),   E = sum_t ceil(numel_t / L)
+
+e.g. ResNet50 ``layer4`` + ``fc`` (2 classes): ``P_f`` = 14,968,834 weights, ``L`` = 250 gives ``E`` = 59,902
+elements, so SLVT 1,024 trains 1,024 latents; at ``D >= E`` the mapping is square and training the latents is
+training the elements themselves (for ``L = 1``: full fine-tuning of the tuned tensors, reparametrised).
+
+**What the trainer sees.** A `MappedModel` whose generator is a `FineTuneGenerator`: it replaces the tuned
+tensors (its ``outputs``) by placeholders, as for generated ones. The `FineTuneGenerator` returns the tuned tensors' *final*
+values ``{name: w_t}``, so the Mapping Loss's terms read:
+
+- stability: exact (perturbed latents -> perturbed final weights);
+- smoothness: the Hutchinson estimate of ``||dw/dz||_F²`` through ``generate_group`` (final weights);
+  ``jacobian_sq_norm`` returns None, so ``smoothness_estimator="exact"`` is refused;
+- alignment: the element mapping's modulated row means. Its cosine has no gradient direction at ``z = 0``
+  (the start of every fine-tuning run; the loss clamps the norm at 1e-12), so recipes must not use it here.
+
+``layout`` is the element layout's groups (tensor names of the target, element shapes) plus ``frozen``: every
+untuned tensor (so checkpoints hold latents and buffers, never pretrained weights: the recipe re-reads them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
+from mapscale.mapping.mapped import MappedModel
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select
+
+FineTuneForm = Literal["additive", "multiplicative"]
+FINETUNE_FORMS = ("additive", "multiplicative")
+
+
+def tuned_tensors(model: nn.Module, tuned: Iterable[Selector] = ()) -> list[TensorSpec]:
+    """The parameter tensors of ``model`` the selectors choose (every one when there are none), in
+    ``named_parameters()`` order, tied tensors once (their other names as aliases)."""
+    specs, owners = _capture(model)
+    selectors = list(tuned)
+    if not selectors:
+        return specs
+    chosen = set(_select(specs, owners, selectors, "tuned"))
+    return [s for s in specs if s.name in chosen]
+
+
+def num_elements(numel: int, block_size: int) -> int:
+    """``ceil(numel / L)``: the elements modulating a tensor of ``numel`` entries, ``L`` weights each."""
+    return -(-numel // block_size)
+
+
+@torch.no_grad()
+def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], tuned: Iterable[Selector] = ()) -> list[str]:
+    """Load pretrained ``state`` into ``model`` by name; returns the names kept at ``model``'s own init.
+
+    Every key must be known and every tensor and buffer of ``model`` given, but a *tuned* tensor whose shape
+    differs (a new head: a 1000-class checkpoint into a 2-class ResNet50) keeps ``model``'s seeded init and is
+    learned through its elements. Any other shape difference is an error, since a frozen tensor never learns.
+    """
+    own = model.state_dict()
+    tuned_names = {n for s in tuned_tensors(model, tuned) for n in s.names}
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    if unknown or missing:
+        raise ValueError(f"pretrained weights do not fit {type(model).__name__}: missing {_preview(missing)}, unknown {_preview(unknown)}")
+    kept, loaded = [], {}
+    for name, value in state.items():
+        if tuple(value.shape) == tuple(own[name].shape):
+            loaded[name] = value
+        elif name in tuned_names:
+            kept.append(name)
+        else:
+            raise ValueError(
+                f"pretrained {name!r} has shape {tuple(value.shape)}, the target {tuple(own[name].shape)}; "
+                "only tuned tensors may differ (they learn from the target's init): add it to the tuned selectors"
+            )
+    model.load_state_dict({**own, **loaded}, strict=True)
+    return kept
+
+
+class FineTuneGenerator(nn.Module):
+    """``forward(latents=None) -> {tuned name: theta0 modulated by its generated elements}``.
+
+    ``elements`` is the ordinary `MappingGenerator` of the element layout; ``latents``, ``modulators``,
+    ``config``, ``modulated_row_means`` and ``mapping_bytes`` are its own. The pretrained tensors are
+    non-persistent buffers: never in a state_dict.
+    """
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        tuned: list[TensorSpec],
+        pretrained: Mapping[str, Tensor],
+        elements: MappingGenerator,
+        block_size: int,
+        form: FineTuneForm,
+        scale: float,
+    ) -> None:
+        super().__init__()
+        self.layout, self.tuned, self.elements = layout, tuned, elements
+        self.outputs = tuned  # the target tensors whose values forward() returns (MappedModel replaces these)
+        self.block_size, self.form, self.scale = block_size, form, scale
+        self._spec_of = {s.name: s for s in tuned}
+        element_scales = []
+        for t, spec in enumerate(tuned):
+            theta0 = pretrained[spec.name].detach()
+            self.register_buffer(f"pretrained_{t}", theta0, persistent=False)  # spec.shape
+            element_scales.append(scale if form == "multiplicative" else scale * self._std(theta0, elements.config.constant_init_std))
+        self.element_scales = element_scales
+        self._index = {s.name: t for t, s in enumerate(tuned)}
+
+    @staticmethod
+    def _std(theta0: Tensor, fallback: float) -> float:
+        if theta0.device.type == "meta" or theta0.numel() < 2:
+            return fallback
+        std = theta0.double().std(unbiased=False).item()
+        return std if std > 1e-12 * max(1.0, theta0.double().abs().mean().item()) else fallback
+
+    @property
+    def latents(self) -> nn.ParameterList:
+        return self.elements.latents
+
+    @property
+    def modulators(self) -> nn.ParameterList:
+        return self.elements.modulators
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.elements.config
+
+    @property
+    def shard(self) -> None:
+        return None  # fine-tuning runs unsharded
+
+    def modulate(self, name: str, elements: Tensor) -> Tensor:
+        """The final tensor ``name`` from its ``(E_t,)`` elements."""
+        t = self._index[name]
+        spec, theta0 = self.tuned[t], getattr(self, f"pretrained_{t}")
+        # (E_t,) -> (E_t * L,) -> the first numel_t: element j modulates weights [j L, (j + 1) L).
+        delta = elements.repeat_interleave(self.block_size, output_size=elements.numel() * self.block_size)[: spec.numel]
+        delta = (self.element_scales[t] * delta).view(spec.shape)
+        if self.form == "multiplicative":
+            return (theta0 * (1 + delta)).to(spec.dtype)
+        return (theta0 + delta).to(spec.dtype)
+
+    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name, elements in self.elements(latents).items():
+            weight = self.modulate(name, elements)
+            for alias in self._spec_of[name].names:
+                out[alias] = weight
+        return out
+
+    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
+        """The flat final weights of group ``index``'s tuned tensors (the Hutchinson smoothness estimate's G)."""
+        generated = self.elements.split(index, self.elements.generate_group(index, latent))
+        return torch.cat([self.modulate(spec.name, generated[spec.name]).reshape(-1) for spec in self.layout.groups[index].tensors])
+
+    def jacobian_sq_norm(self, index: int) -> None:
+        """No closed form (per-tensor scales, shortened last blocks, gates): the loss falls back to Hutchinson."""
+        return None
+
+    def modulated_row_means(self, index: int) -> Tensor:
+        return self.elements.modulated_row_means(index)
+
+    def mapping_bytes(self) -> int:
+        return self.elements.mapping_bytes()
+
+
+def finetune_model(
+    model: nn.Module,
+    tuned: Iterable[Selector] = (),
+    block_size: int = 1,
+    form: FineTuneForm = "additive",
+    scale: float = 0.1,
+    grouping: Grouping = "slvt",
+    budget: int | Mapping[str, int] = 2048,
+    *,
+    seed: int = 0,
+    trainable: Iterable[Selector] = (),
+    budget_rule: BudgetRule | None = None,
+    device: torch.device | str | None = None,
+    **generator_options,
+) -> MappedModel:
+    """Fine-tune ``model`` (its current values are the pretrained ``theta0``) through generated elements.
+
+    ``tuned``: selectors of the tuned tensors (layout forms: globs, regexes, module types, predicates; none
+    means every tensor). ``block_size`` is the paper's ``L``; ``form`` and ``scale`` (alpha) as in the module
+    docstring. ``grouping`` / ``budget`` / ``budget_rule`` group the elements exactly as `map_model` groups
+    parameters (an int budget above the element count is capped at it). ``trainable`` selects untuned tensors
+    trained directly; every other untuned tensor is frozen. ``generator_options`` are `GeneratorConfig` fields
+    for the element generator (modulation, modulation_scale, activation, variant, operator, mapping_dtype);
+    offset, latent init and calibration are fixed so the run starts exactly at ``theta0``.
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size (the paper's L) must be an int >= 1, got {block_size!r}")
+    if form not in FINETUNE_FORMS:
+        raise ValueError(f"unknown fine-tuning form {form!r}; choose one of {list(FINETUNE_FORMS)}")
+    if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"fine-tuning scale (alpha) must be a positive number, got {scale!r}")
+    fixed = {"offset", "latent_init_std", "constant_init_std"} & set(generator_options)
+    if fixed:
+        raise TypeError(f"fine-tuning fixes {sorted(fixed)} so the run starts at the pretrained weights; leave them out")
+    unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown finetune_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
+    config = GeneratorConfig(seed=seed, offset="init", latent_init_std=0.0, constant_init_std=1.0, **generator_options)
+    if config.variant == "full-dnn":
+        raise ValueError("variant 'full-dnn' freezes the latents at 0, where the mapping weights get no gradient; use 'mapping'")
+
+    tuned_specs = tuned_tensors(model, tuned)
+    specs, owners = _capture(model)
+    tuned_names = {s.name for s in tuned_specs}
+    untuned = [s for s in specs if s.name not in tuned_names]
+    kept_trainable = set(_select(untuned, owners, list(trainable), "trainable")) if trainable else set()
+    if device is None:
+        device = next(model.parameters()).device
+
+    element_module = _element_module(tuned_specs, block_size)
+    total = sum(num_elements(s.numel, block_size) for s in tuned_specs)
+    if not isinstance(budget, Mapping) and isinstance(budget, int) and not isinstance(budget, bool) and budget > total:
+        budget = total  # a group has at most as many orthonormal rows as elements
+    element_layout = ParamLayout.from_module(element_module, grouping, budget, budget_rule=budget_rule)
+    layout = ParamLayout(
+        groups=element_layout.groups,
+        trainable=tuple(s for s in untuned if s.name in kept_trainable),
+        frozen=tuple(s for s in untuned if s.name not in kept_trainable),
+    )
+    zeros = {s.name: torch.zeros(s.numel, device=device) for s in element_layout.generated_tensors()}
+    elements = MappingGenerator(element_layout, zeros, config, device=device)
+    pretrained = {s.name: model.get_parameter(s.name).detach().to(device) for s in tuned_specs}
+    generator = FineTuneGenerator(layout, tuned_specs, pretrained, elements, block_size, form, float(scale))
+    return MappedModel(model, generator)
+
+
+def _element_module(tuned: list[TensorSpec], block_size: int) -> nn.Module:
+    """A parameter-only module mirroring the tuned tensors' paths, one ``(E_t,)`` vector per tensor, so that
+    layouts group elements by the target's own names and modules. Values are never read (only shapes)."""
+    root = nn.Module()
+    for spec in tuned:
+        *path, attr = spec.name.split(".")
+        owner = root
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        owner.register_parameter(attr, nn.Parameter(torch.empty(num_elements(spec.numel, block_size), device="meta")))
+    return root
+
