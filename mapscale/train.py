@@ -62,6 +62,7 @@ class RunResult:
     target_params: int
     trainable: int
     final: dict[str, float] = field(default_factory=dict)
+    final_train: dict[str, float] = field(default_factory=dict)  # the final model on the training split
     best: dict[str, float] = field(default_factory=dict)  # {primary metric: value, "step": when}
     wall_seconds: float = 0.0
     interrupted: bool = False  # stopped before the last step, with a checkpoint to resume from
@@ -449,7 +450,7 @@ def train(
 
     tensorboard = _tensorboard(run_dir) if world.is_main else None
     stop = _StopFlag(console)
-    interrupted, signalled, last_eval = False, False, {}
+    interrupted, signalled, last_eval, final_train = False, False, {}, {}
     every_eval = recipe.output.eval_every or batches_per_epoch
     every_checkpoint = recipe.output.checkpoint_every or batches_per_epoch
     progress = _progress(console, recipe.output.progress and world.is_main)
@@ -499,6 +500,9 @@ def train(
                     if step % every_eval == 0 or step == total_steps:
                         last_eval = run_eval()
                         progress.update(task_id, metric=f"{metric_name} {last_eval[metric_name]:.4f}")
+                    if step == total_steps:  # the train split too, once: the train-test gap of the final model
+                        final_train = evaluate(model, data.train, recipe, data.num_classes, device, world)
+                        log({"split": "train-eval", **final_train})
 
                     # Checkpoint.
                     if step % every_checkpoint == 0 or step == total_steps:
@@ -521,7 +525,7 @@ def train(
     return RunResult(
         run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=total_steps,
         target_params=model.num_target_params(), trainable=sum(p.numel() for p in params),
-        final=last_eval, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
+        final=last_eval, final_train=final_train, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted,
         signalled=signalled,
     )
 

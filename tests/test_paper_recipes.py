@@ -34,6 +34,8 @@ def test_cityscapes_cnn3_recipe_trains_on_a_generated_segfolder(tmp_path):
     result = train(recipe, tmp_path / "seg-run")
     assert result.step == 2 and 0 <= result.final["pixel_accuracy"] <= 1 and 0 <= result.final["miou"] <= 1
     assert all(np.isfinite(r["task"]) for r in records(tmp_path / "seg-run") if r["split"] == "train")
+    # The final model on the training split too (the train-test gap of the paper's tables).
+    assert records(tmp_path / "seg-run")[-1]["split"] == "train-eval" and result.final_train.keys() == result.final.keys()
 
 
 def test_airpollution_lstm_recipe_trains_on_a_generated_series(tmp_path):
