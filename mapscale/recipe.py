@@ -109,6 +109,18 @@ class MappingSection(Section):
     finetune_scale: float = Field(0.1, gt=0)
     """Fine-tuning: alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of
     element; a latent with unit-variance entries moves elements by about one. Not yet measured."""
+    low_rank: int | None = Field(None, ge=1)
+    """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
+    low_rank_tensors: list[str] = Field(default_factory=list)
+    """LRD: the weights to factor (selectors); empty: every weight whose factors are smaller than it."""
+
+    @model_validator(mode="after")
+    def _low_rank_alone(self):
+        if self.low_rank_tensors and self.low_rank is None:
+            raise ValueError("mapping.low_rank_tensors needs mapping.low_rank (the rank)")
+        if self.low_rank is not None and self.mode == "finetune":
+            raise ValueError("mapping.low_rank generates factors from scratch; it does not combine with mapping.mode='finetune'")
+        return self
 
     @model_validator(mode="after")
     def _finetune_fields_need_finetune_mode(self):

@@ -41,6 +41,8 @@ from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
 from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
 from mapscale.mapping.finetune import finetune_model, load_pretrained
+from mapscale.mapping.generator import GeneratorConfig
+from mapscale.mapping.lowrank import low_rank_model
 from mapscale.mapping.mapped import MappedModel, map_model
 from mapscale.mapping.operators import mapping_key
 from mapscale.metrics import PRIMARY, Metrics
@@ -84,6 +86,8 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         target = build_target(recipe.target.name, recipe.target.args, None if meta or finetune else recipe.target.weights)
     if finetune:
         return _finetuned_model(recipe, target, device, world, meta)
+    if m.low_rank is not None:
+        return _low_rank_model(recipe, target, device, world, meta)
     # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.
     per_unit = recipe.distributed.gather == "per-unit"
     if world is not None and (world.distributed or per_unit) and not meta:
@@ -102,13 +106,31 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         device="meta" if meta else None,
         shard=sharding(world, recipe.distributed.units or None) if world is not None and not meta and (world.distributed or per_unit) else None,
         # The rest of the section is the generator's options (map_model names any it does not know).
-        **m.model_dump(exclude={"grouping", "budget", "seed", "trainable", "frozen", "mode", *(f for f in type(m).model_fields if f.startswith("finetune_"))}),
+        **_generator_options(m),
     )
     model.just_in_time = recipe.distributed.gather == "per-unit" and model.generator.shard is not None
     if meta:
         return model
     _return_freed_memory()
     return model.to(device)
+
+
+def _generator_options(m) -> dict:
+    """The mapping section's `GeneratorConfig` fields (the rest choose the layout or the mode)."""
+    return m.model_dump(include=set(GeneratorConfig.__dataclass_fields__) - {"seed"})
+
+
+def _low_rank_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
+    """``mapping.low_rank``: the LRD add-on, weights generated as rank-r factors (one process, unsharded)."""
+    m = recipe.mapping
+    if world is not None and (world.distributed or recipe.distributed.gather == "per-unit"):
+        raise ValueError("mapping.low_rank runs in one process, unsharded (distributed.gather='whole')")
+    model = low_rank_model(
+        target, m.low_rank, [_selector(s) for s in m.low_rank_tensors], _selectors(m.grouping), m.budget, seed=m.seed,
+        trainable=[_selector(s) for s in m.trainable], frozen=[_selector(s) for s in m.frozen],
+        device="meta" if meta else None, **_generator_options(m),
+    )
+    return model if meta else model.to(device)
 
 
 def _finetuned_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:

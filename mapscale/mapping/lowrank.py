@@ -1,0 +1,185 @@
+"""The LRD add-on (the paper's Table 8, DESIGN.md "Add-ons"): weights generated as rank-``r`` factors.
+
+A Linear or Conv weight ``A`` of shape ``(m, in, *kernel)`` is viewed as an ``m x n`` matrix
+(``n = in * prod(kernel)``) and generated as ``U V`` with ``U`` ``(m, r)`` and ``V`` ``(r, n)``: its mapping
+rows shrink from ``m n`` to ``r (m + n)``. Every other tensor is generated as usual. The factors are ordinary
+generated tensors of an ordinary `MappingGenerator` (over a parameter-only module that mirrors the target's
+paths, ``<attr>_lrd_u`` / ``<attr>_lrd_v`` beside each factored weight, so LWT groups a layer's factors
+together); `LowRankGenerator` multiplies them out on every forward, and `MappedModel` runs the target with
+the products swapped in.
+
+Factor initialisation (what the generator calibrates to): seeded ``N(0, s²)`` entries with
+``s = sqrt(std(A_0) / sqrt(r))``, so that ``U V`` has the spread of the target's own init of ``A``. With
+``offset="init"`` the run therefore starts at that random low-rank product, not at ``A_0`` itself.
+
+Mapping Loss: stability and alignment as usual; smoothness is taken on the generated factors (the exact
+norm of their Jacobian), not on the products.
+
+The paper's "CNN2 + low-rank (rank 16), 35,914 parameters": 35,914 is CNN2 with only its first fully
+connected weight (800 -> 128) factored at rank **32** (``160 + 4,640 + 32 (128 + 800) + 128 + 1,290``); no
+rank-16 factoring of CNN2 gives that count. `tests/test_lowrank.py` checks the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _select
+from mapscale.mapping.mapped import MappedModel
+
+FACTOR_SUFFIXES = ("_lrd_u", "_lrd_v")
+
+
+def matrix_shape(spec: TensorSpec) -> tuple[int, int]:
+    """``(m, n)``: a weight of shape ``(m, in, *kernel)`` as a matrix."""
+    return spec.shape[0], math.prod(spec.shape[1:])
+
+
+def factorable(spec: TensorSpec, rank: int) -> bool:
+    """A matrix or kernel (2+ dimensions) whose rank-``rank`` factors are smaller than itself."""
+    if len(spec.shape) < 2:
+        return False
+    m, n = matrix_shape(spec)
+    return rank * (m + n) < m * n
+
+
+class LowRankGenerator(nn.Module):
+    """``forward(latents=None) -> {name: tensor}`` for the target's generated tensors, factored weights as the
+    products ``U V`` of their generated factors. ``factors`` is the ordinary `MappingGenerator` of the factor
+    layout; latents, modulators, config, shard, the layout and the Mapping Loss quantities are its own."""
+
+    def __init__(self, factors: MappingGenerator, outputs: list[TensorSpec], factored: list[TensorSpec], rank: int) -> None:
+        super().__init__()
+        self.factors, self.rank = factors, rank
+        self.outputs = outputs  # the target tensors forward() returns (MappedModel replaces these)
+        self.factored = {spec.name: spec for spec in factored}
+        self._aliases = {spec.name: spec.names for spec in outputs}
+
+    @property
+    def layout(self) -> ParamLayout:
+        return self.factors.layout
+
+    @property
+    def latents(self) -> nn.ParameterList:
+        return self.factors.latents
+
+    @property
+    def modulators(self) -> nn.ParameterList:
+        return self.factors.modulators
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.factors.config
+
+    @property
+    def shard(self) -> None:
+        return None  # LRD runs unsharded
+
+    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        generated = self.factors(latents)
+        out: dict[str, Tensor] = {}
+        for spec in self.outputs:
+            if spec.name in self.factored:
+                u, v = (generated[spec.name + suffix] for suffix in FACTOR_SUFFIXES)
+                tensor = (u @ v).view(spec.shape)  # (m, r) @ (r, n) -> (m, n) -> the weight's shape
+            else:
+                tensor = generated[spec.name]
+            for name in self._aliases[spec.name]:
+                out[name] = tensor
+        return out
+
+    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
+        return self.factors.generate_group(index, latent)
+
+    def jacobian_sq_norm(self, index: int) -> Tensor | None:
+        return self.factors.jacobian_sq_norm(index)
+
+    def modulated_row_means(self, index: int) -> Tensor:
+        return self.factors.modulated_row_means(index)
+
+    def mapping_bytes(self) -> int:
+        return self.factors.mapping_bytes()
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, factored={len(self.factored)} tensors"
+
+
+def low_rank_model(
+    model: nn.Module,
+    rank: int,
+    factored: Iterable[Selector] = (),
+    grouping: Grouping = "slvt",
+    budget: int | Mapping[str, int] = 2048,
+    *,
+    seed: int = 0,
+    trainable: Iterable[Selector] = (),
+    frozen: Iterable[Selector] = (),
+    budget_rule: BudgetRule | None = None,
+    device: torch.device | str | None = None,
+    **generator_options,
+) -> MappedModel:
+    """`map_model` with the ``factored`` weights (selectors; none: every weight with 2+ dimensions whose
+    rank-``rank`` factors are smaller) generated as rank-``rank`` factors. ``trainable`` / ``frozen`` keep
+    tensors out of generation as in `map_model` (factored weights cannot be among them)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+    unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown low_rank_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
+    config = GeneratorConfig(seed=seed, **generator_options)
+    specs, owners = _capture(model)
+    selectors = list(factored)
+    chosen = set(_select(specs, owners, selectors, "factored")) if selectors else {s.name for s in specs if factorable(s, rank)}
+    factored_specs = [s for s in specs if s.name in chosen]
+    for spec in factored_specs:
+        if len(spec.shape) < 2:
+            raise ValueError(f"{spec.name!r} has shape {tuple(spec.shape)}: only weights with 2+ dimensions can be factored")
+    if not factored_specs:
+        raise ValueError(f"no weight of {type(model).__name__} gets smaller at rank {rank}; lower the rank or name the tensors to factor")
+    if device is None:
+        device = next(model.parameters()).device
+
+    # The factor module: the target's tensors, each factored weight replaced by its two factors.
+    factor_module, init = nn.Module(), {}
+    generator = torch.Generator().manual_seed(seed)
+    for spec in specs:
+        value = model.get_parameter(spec.name).detach()
+        if spec.name in chosen:
+            m, n = matrix_shape(spec)
+            spread = math.sqrt(_std(value) / math.sqrt(rank))
+            for suffix, shape in zip(FACTOR_SUFFIXES, ((m, rank), (rank, n))):
+                factor = (torch.randn(shape, generator=generator) * spread).to(device) if value.device.type != "meta" else torch.empty(shape, device="meta")
+                _register(factor_module, spec.name + suffix, factor)
+                init[spec.name + suffix] = factor
+        else:
+            _register(factor_module, spec.name, value)
+            init[spec.name] = value
+    layout = ParamLayout.from_module(factor_module, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
+    kept_out = {s.name for s in (*layout.trainable, *layout.frozen)}
+    if kept_out & {spec.name + suffix for spec in factored_specs for suffix in FACTOR_SUFFIXES}:
+        raise ValueError("factored weights are generated; they cannot also be trainable or frozen")
+    outputs = [s for s in specs if s.name not in kept_out]
+    factors = MappingGenerator(layout, {s.name: init[s.name] for s in layout.generated_tensors()}, config, device=device)
+    return MappedModel(model, LowRankGenerator(factors, outputs, factored_specs, rank))
+
+
+def _std(value: Tensor) -> float:
+    if value.device.type == "meta" or value.numel() < 2:
+        return 1.0
+    return max(value.double().std(unbiased=False).item(), 1e-8)
+
+
+def _register(root: nn.Module, name: str, value: Tensor) -> None:
+    """A parameter (shape only: the values live in ``init``) at ``name``'s module path under ``root``."""
+    *path, attr = name.split(".")
+    owner = root
+    for part in path:
+        if part not in owner._modules:
+            owner.add_module(part, nn.Module())
+        owner = owner._modules[part]
+    owner.register_parameter(attr, nn.Parameter(torch.empty(value.shape, device="meta"), requires_grad=False))
