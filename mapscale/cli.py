@@ -6,6 +6,7 @@
     mapscale inspect recipes/resnet50_deepfake.py --world-size 8
     mapscale export runs/MnistCNN2-20261123-120000 --out model.safetensors
     mapscale launch recipes/mnist_cnn2.py --nproc 2 --launcher deepspeed --dry-run
+    mapscale report runs/MnistCNN2-20261123-120000 runs/MnistCNN1Lwt-20261124-090000 --out report
 """
 
 from __future__ import annotations
@@ -215,6 +216,28 @@ def launch(
     typer.echo(format_command(argv))  # plain text: rich would wrap it and eat [brackets] in overrides
     if not dry_run:
         raise typer.Exit(code=run_command(argv))
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (each with recipe.json and metrics.jsonl).", metavar="RUN_DIR", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, curves.png and metric_vs_trainable.png.")] = Path("report"),
+) -> None:
+    """Print a markdown results table of the runs (target, strategy, trainable parameters, reduction, primary metric,
+    train-test gap) and write it with training-curve and metric-vs-trainable plots (PNG) into --out."""
+    from mapscale.report import markdown_table, plot_curves, plot_metric_vs_trainable, summarize
+
+    try:
+        summaries = [summarize(run) for run in runs]
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    table = markdown_table(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = plot_curves(summaries, out / "curves.png")
+    scatter = plot_metric_vs_trainable(summaries, out / "metric_vs_trainable.png")
+    (out / "report.md").write_text(f"{table}\n![training curves]({curves.name})\n\n![test metric vs trainable parameters]({scatter.name})\n")
+    typer.echo(table)  # plain text: rich would wrap the table and eat [brackets] in run names
+    typer.echo(f"wrote {out / 'report.md'}, {curves}, {scatter}")
 
 
 def _print_layout(recipe, world_size: int) -> None:
