@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.mapped import MappedModel
-from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select, shape_module
 
 FineTuneForm = Literal["additive", "multiplicative"]
 FINETUNE_FORMS = ("additive", "multiplicative")
@@ -243,7 +243,8 @@ def finetune_model(
     if device is None:
         device = next(model.parameters()).device
 
-    element_module = _element_module(tuned_specs, block_size)
+    # The element layout groups elements by the tuned tensors' own paths: one (E_t,) vector per tensor.
+    element_module = shape_module({spec.name: (num_elements(spec.numel, block_size),) for spec in tuned_specs})
     total = sum(num_elements(s.numel, block_size) for s in tuned_specs)
     if not isinstance(budget, Mapping) and isinstance(budget, int) and not isinstance(budget, bool) and budget > total:
         budget = total  # a group has at most as many orthonormal rows as elements
@@ -258,19 +259,3 @@ def finetune_model(
     pretrained = {s.name: model.get_parameter(s.name).detach().to(device) for s in tuned_specs}
     generator = FineTuneGenerator(layout, tuned_specs, pretrained, elements, block_size, form, float(scale))
     return MappedModel(model, generator)
-
-
-def _element_module(tuned: list[TensorSpec], block_size: int) -> nn.Module:
-    """A parameter-only module mirroring the tuned tensors' paths, one ``(E_t,)`` vector per tensor, so that
-    layouts group elements by the target's own names and modules. Values are never read (only shapes)."""
-    root = nn.Module()
-    for spec in tuned:
-        *path, attr = spec.name.split(".")
-        owner = root
-        for part in path:
-            if part not in owner._modules:
-                owner.add_module(part, nn.Module())
-            owner = owner._modules[part]
-        owner.register_parameter(attr, nn.Parameter(torch.empty(num_elements(spec.numel, block_size), device="meta")))
-    return root
-

@@ -255,6 +255,22 @@ def _resolve_budget(
     return dims
 
 
+def shape_module(shapes: Mapping[str, Sequence[int]]) -> nn.Module:
+    """A parameter-only module with a meta-device parameter of each given shape at each dotted name, so that
+    a layout of derived tensors (fine-tuning elements, low-rank factors) groups them by the target's own
+    module paths. Only shapes exist: values are given to the generator separately."""
+    root = nn.Module()
+    for name, shape in shapes.items():
+        *path, attr = name.split(".")
+        owner = root
+        for part in path:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner = owner._modules[part]
+        owner.register_parameter(attr, nn.Parameter(torch.empty(tuple(shape), device="meta"), requires_grad=False))
+    return root
+
+
 def _capture(module: nn.Module) -> tuple[list[TensorSpec], dict[str, nn.Module]]:
     """Every distinct parameter once (tied names as aliases), and the module owning each name."""
     owners: dict[str, nn.Module] = {}

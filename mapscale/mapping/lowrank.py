@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
-from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _select
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _select, shape_module
 from mapscale.mapping.mapped import MappedModel
 
 FACTOR_SUFFIXES = ("_lrd_u", "_lrd_v")
@@ -145,7 +145,7 @@ def low_rank_model(
         device = next(model.parameters()).device
 
     # The factor module: the target's tensors, each factored weight replaced by its two factors.
-    factor_module, init = nn.Module(), {}
+    init: dict[str, Tensor] = {}
     generator = torch.Generator().manual_seed(seed)
     for spec in specs:
         value = model.get_parameter(spec.name).detach()
@@ -154,11 +154,10 @@ def low_rank_model(
             spread = math.sqrt(_std(value) / math.sqrt(rank))
             for suffix, shape in zip(FACTOR_SUFFIXES, ((m, rank), (rank, n))):
                 factor = (torch.randn(shape, generator=generator) * spread).to(device) if value.device.type != "meta" else torch.empty(shape, device="meta")
-                _register(factor_module, spec.name + suffix, factor)
                 init[spec.name + suffix] = factor
         else:
-            _register(factor_module, spec.name, value)
             init[spec.name] = value
+    factor_module = shape_module({name: value.shape for name, value in init.items()})
     layout = ParamLayout.from_module(factor_module, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
     kept_out = {s.name for s in (*layout.trainable, *layout.frozen)}
     if kept_out & {spec.name + suffix for spec in factored_specs for suffix in FACTOR_SUFFIXES}:
@@ -172,14 +171,3 @@ def _std(value: Tensor) -> float:
     if value.device.type == "meta" or value.numel() < 2:
         return 1.0
     return max(value.double().std(unbiased=False).item(), 1e-8)
-
-
-def _register(root: nn.Module, name: str, value: Tensor) -> None:
-    """A parameter (shape only: the values live in ``init``) at ``name``'s module path under ``root``."""
-    *path, attr = name.split(".")
-    owner = root
-    for part in path:
-        if part not in owner._modules:
-            owner.add_module(part, nn.Module())
-        owner = owner._modules[part]
-    owner.register_parameter(attr, nn.Parameter(torch.empty(value.shape, device="meta"), requires_grad=False))
