@@ -156,7 +156,7 @@ class MappingLoss(nn.Module):
 
     def forward(self, model: MappedModel, inputs, targets) -> LossOutput:
         step, self.step = self.step, self.step + 1
-        device = model.generator.latents[0].device
+        device = next(model.parameters()).device
         clock = _Clock(device if self.time_terms else None)
 
         rng_state = _rng_state(device)

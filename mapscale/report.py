@@ -56,6 +56,8 @@ class RunSummary:
 
 def strategy_name(recipe: Recipe) -> str:
     m = recipe.mapping
+    if m.mode == "full":
+        return "full training"
     if m.mode == "finetune":
         return f"finetune (L={m.finetune_block_size})"
     return m.grouping if isinstance(m.grouping, str) else "custom"

@@ -43,7 +43,7 @@ from mapscale.loss import MappingLoss
 from mapscale.mapping.finetune import finetune_model, load_pretrained
 from mapscale.mapping.generator import GeneratorConfig
 from mapscale.mapping.lowrank import low_rank_model
-from mapscale.mapping.mapped import MappedModel, map_model
+from mapscale.mapping.mapped import MappedModel, direct_model, map_model
 from mapscale.mapping.operators import mapping_key
 from mapscale.metrics import PRIMARY, Metrics
 from mapscale.recipe import Recipe
@@ -86,6 +86,11 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         target = build_target(recipe.target.name, recipe.target.args, None if meta or finetune else recipe.target.weights)
     if finetune:
         return _finetuned_model(recipe, target, device, world, meta)
+    if m.mode == "full":
+        if recipe.distributed.gather == "per-unit":
+            raise ValueError("mapping.mode='full' generates nothing to gather; use distributed.gather='whole'")
+        model = direct_model(target)
+        return model if meta else model.to(device)
     if m.low_rank is not None:
         return _low_rank_model(recipe, target, device, world, meta)
     # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.

@@ -26,3 +26,15 @@ def test_mapping_loss_ablation_completes_and_logs_every_term():
 def test_mnist_core_bench_runs_full_and_mapped_rows():
     out = run("bench/mnist_core.py", "--epochs", "1", "--rows", "full training", "LWT multiplicative")
     assert "full training" in out and "LWT multiplicative" in out and "time vs full" in out
+
+
+def test_paper_table_bench_trains_rows_reads_finished_runs_back_and_writes_the_table(tmp_path):
+    args = ["bench/paper_table.py", "--rows", "cnn2-full", "cnn2-lv-wmap-1024", "--epochs", "1", "--max-steps", "2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table.md")]
+    out = run(*args)
+    assert "cnn2-full: training" in out and "cnn2-lv-wmap-1024: training" in out
+    table = (tmp_path / "table.md").read_text()
+    assert "| CNN2 | full training |" in table and "| 108,618 | 1.0x |" in table and "| 1.00x |" in table
+    assert "T7 LV+WMAP 2,048" in table and "| 2,048 |" in table  # latent 1,024 + modulation vector 1,024
+    assert (tmp_path / "table.png").stat().st_size > 0
+    again = run(*args)  # finished rows are read back, not trained again
+    assert "finished run" in again and "training" not in again.split("|")[0].split("threads")[1]

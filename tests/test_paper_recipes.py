@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from mapscale.recipe import load_recipe
-from mapscale.train import train
+from mapscale.train import train, write_run_files
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -48,3 +48,28 @@ def test_airpollution_lstm_recipe_trains_on_a_generated_series(tmp_path):
     (tmp_path / "ts-run").mkdir()
     result = train(recipe, tmp_path / "ts-run")
     assert result.step == 2 and np.isfinite(result.final["mse"]) and result.final["mse"] > 0
+
+
+def test_full_training_baseline_trains_every_parameter_through_the_same_trainer(tmp_path):
+    import pytest
+    import torch
+
+    from mapscale.recipe import RecipeError
+    from mapscale.report import summarize
+    from mapscale.targets import build_target
+
+    overrides = [f"output.root={tmp_path}", "output.run_name=full", "optim.max_steps=3", "output.progress=false", "mapping.mode=full", "optim.lr=1e-3", "data.max_examples=300"]
+    recipe = load_recipe(RECIPES / "mnist_cnn2.py", overrides)
+    write_run_files(tmp_path / "full", recipe, None, overrides)
+    result = train(recipe, tmp_path / "full")
+    assert result.trainable == result.target_params == 108_618
+    assert summarize(tmp_path / "full").strategy == "full training"
+    # The target's own parameters moved (nothing is generated): compare with its seeded init.
+    torch.manual_seed(recipe.seed)
+    init = build_target("cnn2", {}, None).state_dict()
+    trained = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
+    assert trained.keys() == {f"target.{name}" for name in init}
+    assert all(not torch.equal(trained[f"target.{name}"], value) for name, value in init.items())
+    for bad, match in [("loss.stability=0.1", "act on latents"), ("mapping.variant=lv-wmap", "do not apply")]:
+        with pytest.raises(RecipeError, match=match):
+            load_recipe(RECIPES / "mnist_cnn2.py", [*overrides, bad])

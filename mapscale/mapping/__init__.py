@@ -6,7 +6,7 @@ Nothing here knows about recipes, command lines or distributed ranks (DESIGN.md 
 from mapscale.mapping.finetune import FineTuneGenerator, finetune_model, load_pretrained
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.layout import GroupSpec, ParamLayout, TensorSpec, sqrt_budget_split
-from mapscale.mapping.mapped import MappedModel, map_model
+from mapscale.mapping.mapped import MappedModel, direct_model, map_model
 from mapscale.mapping.operators import OPERATORS, DenseOperator, MappingOperator
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "MappingOperator",
     "ParamLayout",
     "TensorSpec",
+    "direct_model",
     "finetune_model",
     "load_pretrained",
     "map_model",

@@ -135,6 +135,15 @@ class ParamLayout:
             frozen=tuple(by_name[n] for n in kept_frozen),
         )
 
+    @classmethod
+    def direct(cls, module: nn.Module) -> ParamLayout:
+        """Nothing generated, every parameter trained directly: the paper's full-training baseline, run
+        through the same `MappedModel` and trainer as the mapped rows it is compared with."""
+        specs, _ = _capture(module)
+        if not specs:
+            raise ValueError(f"{type(module).__name__} has no parameters to train")
+        return cls(groups=(), trainable=tuple(specs))
+
     def generated_tensors(self) -> list[TensorSpec]:
         return [t for g in self.groups for t in g.tensors]
 

@@ -202,6 +202,16 @@ def map_model(
     before building it for a reproducible run); its generated parameters are removed from it.
     """
     layout = ParamLayout.from_module(model, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
+    return _mapped(model, layout, seed, device, shard, generator_options)
+
+
+def direct_model(model: nn.Module) -> MappedModel:
+    """``model`` with every parameter trained directly and nothing generated (the full-training baseline), as a
+    `MappedModel` so that it trains, evaluates, checkpoints and reports through the same code as mapped runs."""
+    return _mapped(model, ParamLayout.direct(model), 0, None, None, {})
+
+
+def _mapped(model: nn.Module, layout: ParamLayout, seed: int, device, shard, generator_options: dict) -> MappedModel:
     unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown map_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
