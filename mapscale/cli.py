@@ -241,28 +241,36 @@ def report(
 
 
 def _print_layout(recipe, world_size: int) -> None:
+    import torch
+
+    from mapscale.mapping.operators import OPERATORS
     from mapscale.train import build_loss, build_model, trainable_parameters
 
     model = build_model(recipe, "meta")  # shapes only: nothing is allocated, whatever the target's size
     trainable = sum(p.numel() for p in trainable_parameters(model, build_loss(recipe)))  # the optimiser's count
     layout = model.layout
-    bytes_per = 4
+    operator = OPERATORS[recipe.mapping.operator]
+
+    def storage(latent_dim: int, numel: int, columns: int | None = None) -> int:
+        return operator.storage_bytes(latent_dim, numel, torch.float32, columns)
+
     table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.grouping if isinstance(recipe.mapping.grouping, str) else 'custom'} grouping")
     for column in ("group", "tensors", "parameters", "latent dim", "mapping MiB"):
         table.add_column(column, justify="left" if column == "group" else "right")
     shown = layout.groups if len(layout.groups) <= 40 else layout.groups[:20] + layout.groups[-20:]
     for group in shown:
-        table.add_row(group.name, str(len(group.tensors)), f"{group.numel:,}", str(group.latent_dim), f"{group.latent_dim * group.numel * bytes_per / 2**20:,.1f}")
+        table.add_row(group.name, str(len(group.tensors)), f"{group.numel:,}", str(group.latent_dim), f"{storage(group.latent_dim, group.numel) / 2**20:,.1f}")
     if len(shown) < len(layout.groups):
         table.caption = f"{len(layout.groups) - len(shown)} of {len(layout.groups)} groups not shown"
     console.print(table)
     from mapscale.distributed.plan import ShardPlan
 
-    mapping = layout.mapping_numel * bytes_per
+    mapping = sum(storage(g.latent_dim, g.numel) for g in layout.groups)
+    dense = layout.mapping_numel * 4
     plan = ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None)
-    per_rank = [plan.mapping_numel(rank) * bytes_per for rank in range(world_size)]
+    per_rank = [plan.mapping_bytes(rank, layout, storage) for rank in range(world_size)]
     if world_size > 1:
-        _print_plan(plan, per_rank, bytes_per)
+        _print_plan(plan, per_rank, layout, storage)
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -271,24 +279,25 @@ def _print_layout(recipe, world_size: int) -> None:
         ("trainable parameters", f"{trainable:,}"),
         ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
-        ("mapping weights (fp32, dense)", f"{mapping / 2**30:,.3f} GiB"),
+        (f"mapping weights ({recipe.mapping.operator} operator)", f"{mapping / 2**30:,.3f} GiB"),
+        *([("a dense fp32 mapping would hold", f"{dense / 2**30:,.3f} GiB")] if recipe.mapping.operator != "dense" else []),
         (f"mapping on the heaviest rank, world size {world_size}", f"{max(per_rank) / 2**30:,.3f} GiB"),
     ]:
         summary.add_row(key, value)
     console.print(summary)
 
 
-def _print_plan(plan, per_rank: list[int], bytes_per: int) -> None:
+def _print_plan(plan, per_rank: list[int], layout, storage) -> None:
     """The sharding plan: each unit's rows and its heaviest rank's share; then the mapping bytes per rank."""
     table = Table(title=f"sharding plan over {plan.world_size} ranks (rank r owns rows [floor(r*rows/N), floor((r+1)*rows/N)) of each unit)")
     for column in ("unit", "tensors", "rows", "rows per rank", "mapping MiB, heaviest rank"):
         table.add_column(column, justify="left" if column == "unit" else "right")
     for unit in plan.units:
-        heaviest = max(unit.mapping_numel(rank) for rank in range(plan.world_size))
-        table.add_row(unit.name, str(len(unit.segments)), f"{unit.rows:,}", f"{unit.rows_per_rank:,}", f"{heaviest * bytes_per / 2**20:,.1f}")
+        heaviest = max(sum(storage(layout.groups[g].latent_dim, layout.groups[g].numel, cols) for g, cols in unit.rank_pieces(rank)) for rank in range(plan.world_size))
+        table.add_row(unit.name, str(len(unit.segments)), f"{unit.rows:,}", f"{unit.rows_per_rank:,}", f"{heaviest / 2**20:,.1f}")
     console.print(table)
     even = sum(per_rank) / plan.world_size
-    ranks = Table(title="mapping weights per rank (fp32)")
+    ranks = Table(title="mapping weights per rank")
     ranks.add_column("rank", justify="left")
     ranks.add_column("GiB", justify="right")
     ranks.add_column("of the even share", justify="right")

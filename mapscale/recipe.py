@@ -76,7 +76,10 @@ class MappingSection(Section):
     frozen: list[str] = Field(default_factory=list)
     """Selectors of tensors kept out of generation at their initial (or pretrained) values."""
     operator: str = "dense"
-    """Fixed mapping operator (``mapscale.mapping.OPERATORS``)."""
+    """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``dense`` (the stored matrix, the paper's),
+    ``seeded`` (the same matrix redrawn from the seed on every step, never stored: memory ``latent_dim²`` per group,
+    time bound by random-number generation) or ``structured`` (a randomized Hadamard transform, ``O(P log d)``
+    time and 3 bits per parameter: for targets whose dense mapping does not fit)."""
     modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
     """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
     modulation_scale: float = Field(0.1, gt=0)
@@ -93,8 +96,9 @@ class MappingSection(Section):
     """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
     seed: int = 0
     """Keys the fixed mapping weights and latent init; runs sharing it (and the target) share a mapping."""
-    mode: Literal["generate", "finetune"] = "generate"
-    """``generate``: the target's parameters are generated. ``finetune`` (the paper's eq. 25,
+    mode: Literal["generate", "finetune", "full"] = "generate"
+    """``generate``: the target's parameters are generated. ``full``: nothing is generated and every parameter
+    trains directly (the paper's full-training baseline; the rest of the section is unused). ``finetune`` (the paper's eq. 25,
     ``mapscale.mapping.finetune``): pretrained weights (``target.weights``) stay frozen and generated elements
     modulate the tuned ones; the run starts exactly at the pretrained model (``offset``/``latent_init_std`` unused)."""
     finetune_tuned: list[str] = Field(default_factory=list)
@@ -125,10 +129,12 @@ class MappingSection(Section):
     @model_validator(mode="after")
     def _finetune_fields_need_finetune_mode(self):
         defaults = {"finetune_tuned": [], "finetune_block_size": 1, "finetune_form": "additive", "finetune_scale": 0.1}
-        if self.mode == "generate":
+        if self.mode != "finetune":
             changed = [k for k, v in defaults.items() if getattr(self, k) != v]
             if changed:
-                raise ValueError(f"{changed} apply only with mapping.mode='finetune' (mode is 'generate')")
+                raise ValueError(f"{changed} apply only with mapping.mode='finetune' (mode is {self.mode!r})")
+            if self.mode == "full" and (self.low_rank is not None or self.variant != "mapping"):
+                raise ValueError("mapping.mode='full' trains the target's own parameters; mapping.low_rank and mapping.variant do not apply")
             return self
         if self.frozen:
             raise ValueError("mapping.mode='finetune' freezes every untuned tensor already; leave mapping.frozen empty")
@@ -324,6 +330,13 @@ class Recipe(Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _full_training_has_no_mapping_terms(self) -> Recipe:
+        terms = [t for t in ("stability", "smoothness", "alignment") if getattr(self.loss, t) is not None]
+        if self.mapping.mode == "full" and terms:
+            raise ValueError(f"loss terms {terms} act on latents; mapping.mode='full' has none (the task loss alone trains it)")
+        return self
 
     @model_validator(mode="after")
     def _default_name(self) -> Recipe:

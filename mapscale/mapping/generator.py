@@ -173,9 +173,10 @@ class MappingGenerator(nn.Module):
             raise ValueError(f"variant {config.variant!r} trains the mapping weights, which cannot be sharded; use variant 'mapping' or 'lv-wmap'")
         # Column pieces this generator holds, one operator each: every group whole (piece i is group i), or a shard.
         self.pieces = [(i, 0, g.numel) for i, g in enumerate(layout.groups)] if shard is None else [tuple(p) for p in shard.pieces]
-        transforms = self._shard_transforms(device) if shard is not None else {}
+        transforms = self._shard_transforms(device) if shard is not None and operator_cls.uses_transform else {}
 
         self.operators = nn.ModuleList()
+        shared: dict[int, Tensor] = {}
         self.latents = nn.ParameterList()
         self.modulators = nn.ParameterList()
         for k, (index, start, stop) in enumerate(self.pieces):
@@ -192,6 +193,11 @@ class MappingGenerator(nn.Module):
                     transform=transforms.get(index),
                 )
             )
+            # Pieces of one group share the orthonormalizer an operator keeps (seeded): one copy per group.
+            kept = getattr(self.operators[-1], "transform", None)
+            if isinstance(kept, Tensor):
+                shared.setdefault(index, kept)
+                self.operators[-1].transform = shared[index]
             if config.offset == "init":
                 base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop]
                 self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,)
@@ -510,4 +516,6 @@ class MappingGenerator(nn.Module):
 
     def mapping_bytes(self) -> int:
         """Bytes held by the fixed (or, for the full-dnn variants, trained) mapping weights."""
-        return sum(t.numel() * t.element_size() for op in self.operators for t in [*op.buffers(), *op.parameters()])
+        tensors = [t for op in self.operators for t in [*op.buffers(), *op.parameters()]]
+        held = {(t.device, t.data_ptr()) if t.device.type != "meta" and t.numel() else id(t): t for t in tensors}  # shared once
+        return sum(t.numel() * t.element_size() for t in held.values())

@@ -19,6 +19,7 @@ Operators are ``nn.Module``s with the `MappingOperator` interface; ``OPERATORS``
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Protocol
 
 import torch
@@ -191,9 +192,12 @@ class DenseOperator(nn.Module):
         else:
             self.register_buffer("weight", weight, persistent=False)
 
+    uses_transform = True  # built from the group's orthonormalizer T (sharded builds pass it in)
+
     @staticmethod
-    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32) -> int:
-        return latent_dim * num_outputs * torch.empty((), dtype=dtype).element_size()
+    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
+        """Bytes held for ``columns`` of the group's ``num_outputs`` (default all): a shard holds fewer."""
+        return latent_dim * (num_outputs if columns is None else columns) * torch.empty((), dtype=dtype).element_size()
 
     def forward(self, coefficients: Tensor) -> Tensor:
         return coefficients.to(self.weight.dtype) @ self.weight  # (d,) @ (d, P_g) -> (P_g,)
@@ -235,8 +239,276 @@ class DenseOperator(nn.Module):
         return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, dtype={self.weight.dtype}"
 
 
+
+
+# -- operators that never store W -------------------------------------------------------------------------
+
+
+def _check_columns(columns: tuple[int, int] | None, num_outputs: int, latent_dim: int) -> tuple[int, int]:
+    start, stop = (0, num_outputs) if columns is None else (int(columns[0]), int(columns[1]))
+    if not 0 <= start <= stop <= num_outputs:
+        raise ValueError(f"columns {(start, stop)} are outside the {num_outputs} outputs")
+    if latent_dim > num_outputs:
+        raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
+    return start, stop
+
+
+def _not_trainable(name: str, trainable: bool) -> None:
+    if trainable:
+        raise ValueError(f"operator {name!r} is never stored, so it cannot train (variant 'full-dnn' / 'lv-full-dnn' need operator 'dense')")
+
+
+class _Linear(torch.autograd.Function):
+    """``op.apply(x)`` for a fixed linear ``op`` with its transpose: backward is ``op.apply_transpose``, the JVP
+    (``torch.func.jvp``, the Mapping Loss's Hutchinson estimate) is ``op.apply`` again. Nothing is saved."""
+
+    @staticmethod
+    def forward(x: Tensor, op) -> Tensor:
+        with torch.no_grad():
+            return op.apply(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.op = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.op.apply_transpose(grad), None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, _op):
+        return ctx.op.apply(tangent)
+
+
+class SeededOperator(nn.Module):
+    """Exactly `DenseOperator`'s ``W = T G`` for the same seed, never stored: the raw integer blocks of ``G`` are
+    redrawn from their block seeds on every forward (``Wᵀ c = Gᵀ (Tᵀ c)``) and backward (``W g = T (G g)``).
+
+    Memory: ``T`` (``latent_dim²``, float32) plus one block of ``G`` at a time (``latent_dim x BLOCK_COLUMNS``),
+    against ``latent_dim x P`` for the dense matrix. Time: every step draws ``latent_dim x P`` random integers
+    twice, on the CPU (the CPU generator is what makes the entries the same on every device), so it pays where
+    memory, not time, is the limit. ``columns`` / ``transform`` as for `DenseOperator`.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_outputs: int,
+        key: int,
+        *,
+        trainable: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        columns: tuple[int, int] | None = None,
+        transform: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        _not_trainable("seeded", trainable)
+        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
+        self.columns = _check_columns(columns, num_outputs, latent_dim)
+        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if torch.device(device or "cpu").type == "meta":
+            transform = torch.empty(latent_dim, latent_dim, device="meta")
+        elif transform is None:
+            transform = seeded_orthonormalizer(key, latent_dim, num_outputs)
+        self.register_buffer("transform", transform.to(self.compute_dtype).to(device), persistent=False)
+
+    uses_transform = True
+
+    @staticmethod
+    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
+        return latent_dim * latent_dim * (8 if dtype == torch.float64 else 4)  # T, whatever the columns held
+
+    def _blocks(self):
+        """``(block, first, last, lo)``: each raw block touching the held columns and the columns it gives."""
+        start, stop = self.columns
+        for block in range(start // BLOCK_COLUMNS, num_blocks(stop) if stop else 0):
+            lo = block * BLOCK_COLUMNS
+            yield block, max(start, lo), min(stop, lo + BLOCK_COLUMNS), lo
+
+    def _raw(self, block: int, first: int, last: int, lo: int, like: Tensor) -> Tensor:
+        raw = raw_block(self.key, self.latent_dim, self.num_outputs, block)[:, first - lo : last - lo]
+        return raw.to(device=like.device, dtype=like.dtype)
+
+    def apply(self, projected: Tensor) -> Tensor:
+        """``Gᵀ x`` over the held columns, a block at a time."""
+        start, stop = self.columns
+        out = projected.new_empty(stop - start)
+        for block, first, last, lo in self._blocks():
+            out[first - start : last - start] = projected @ self._raw(block, first, last, lo, projected)
+        return out
+
+    def apply_transpose(self, grad: Tensor) -> Tensor:
+        """``G g`` over the held columns."""
+        start, _ = self.columns
+        total = grad.new_zeros(self.latent_dim)
+        for block, first, last, lo in self._blocks():
+            total += self._raw(block, first, last, lo, grad) @ grad[first - start : last - start]
+        return total
+
+    def forward(self, coefficients: Tensor) -> Tensor:
+        projected = self.transform.T @ coefficients.to(self.compute_dtype)
+        return _Linear.apply(projected, self)
+
+    def row_means(self) -> Tensor:
+        """``T (G 1) / n`` over the held columns, computed once (one pass over the seeded blocks)."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if "row_means" not in cache:
+            start, stop = self.columns
+            ones = torch.ones(stop - start, dtype=torch.float64)
+            with torch.no_grad():
+                sums = torch.zeros(self.latent_dim, dtype=torch.float64)
+                for block, first, last, lo in self._blocks():
+                    sums += self._raw(block, first, last, lo, ones) @ ones[first - start : last - start]
+                cache["row_means"] = (self.transform.double().cpu() @ sums / max(stop - start, 1)).float().to(self.transform.device)
+        return cache["row_means"]
+
+    def extra_repr(self) -> str:
+        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
+        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, seeded (never stored)"
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def hadamard(x: Tensor) -> Tensor:
+    """The orthonormal Walsh-Hadamard transform ``H x / sqrt(n)`` along the last dimension (``n`` a power of 2),
+    in ``log2 n`` butterfly passes: ``O(n log n)`` time, no matrix. ``H`` is symmetric, so it is its own
+    transpose (and inverse, once normalised)."""
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {n}")
+    lead, h, y = x.shape[:-1], 1, x
+    while h < n:
+        y = y.reshape(*lead, n // (2 * h), 2, h)
+        y = torch.stack((y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]), dim=-2)
+        h *= 2
+    return y.reshape(x.shape) / math.sqrt(n)
+
+
+class StructuredOperator(nn.Module):
+    """A structured orthogonal transform (Yu et al. 2016, "Orthogonal Random Features"; a subsampled randomized
+    Hadamard transform): ``O(P log B)`` time, ``O(P)`` bits of memory, no stored matrix.
+
+    The ``P`` columns are cut into ``nb`` blocks of ``B`` columns, ``B`` the smallest power of two ``>= latent_dim``.
+    Block ``j`` is ``M_j = H D3_j H D2_j H D1_j`` (``H`` the normalised ``B x B`` Hadamard matrix, ``D*_j`` seeded
+    ±1 diagonals), an exactly orthogonal matrix; ``W`` takes the same seeded ``latent_dim`` rows of every block,
+    scaled by ``sqrt(B / P)``. Each full block then contributes ``(B / P) I`` to ``W Wᵀ``; only the last, cut block
+    is not exact, so ``W Wᵀ = I`` up to that block's share (``tests/test_operators.py`` measures the deviation).
+    Signs are drawn once on the CPU and kept as bits (3 bits per column), so every device gets the same ``W``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_outputs: int,
+        key: int,
+        *,
+        trainable: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        columns: tuple[int, int] | None = None,
+        transform: Tensor | None = None,  # unused: nothing to orthonormalise
+    ) -> None:
+        super().__init__()
+        _not_trainable("structured", trainable)
+        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
+        self.columns = _check_columns(columns, num_outputs, latent_dim)
+        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.block = _pow2_at_least(latent_dim)
+        self.scale = math.sqrt(self.block / num_outputs)
+        start, stop = self.columns
+        self.first_block, last_block = start // self.block, (-(-stop // self.block) if stop else 0)
+        nblocks = max(last_block - self.first_block, 0)
+        meta = torch.device(device or "cpu").type == "meta"
+        if meta:
+            rows, bits = torch.empty(latent_dim, dtype=torch.int64), torch.empty(3, nblocks, self.block if self.block < 8 else self.block // 8, dtype=torch.uint8)
+        else:
+            generator = torch.Generator().manual_seed(block_seed(key, -1))
+            rows = torch.randperm(self.block, generator=generator)[:latent_dim].sort().values
+            bits = torch.stack([self._block_bits(self.first_block + j) for j in range(nblocks)], 1) if nblocks else torch.empty(3, 0, self.block if self.block < 8 else self.block // 8, dtype=torch.uint8)
+        self.register_buffer("rows", rows.to(device), persistent=False)
+        self.register_buffer("sign_bits", bits.to(device), persistent=False)  # (3, blocks, B / 8), 1 = minus
+
+    def _block_bits(self, block: int) -> Tensor:
+        """``(3, B / 8)`` packed sign bits of block ``block`` (its own seed: any column range rebuilds alone)."""
+        generator = torch.Generator().manual_seed(block_seed(self.key, block))
+        bits = torch.randint(0, 2, (3, self.block), generator=generator, dtype=torch.uint8)
+        if self.block < 8:
+            return bits  # (3, B): fewer than one byte's worth, kept unpacked
+        weights = (2 ** torch.arange(8, dtype=torch.uint8))
+        return (bits.view(3, -1, 8) * weights).sum(-1, dtype=torch.uint8)
+
+    uses_transform = False
+
+    @staticmethod
+    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
+        """Sign bits of the blocks the columns touch (one more block where a shard's columns straddle) and the rows."""
+        block = _pow2_at_least(latent_dim)
+        blocks = -(-num_outputs // block) if columns is None else min(-(-columns // block) + 1, -(-num_outputs // block))
+        return 3 * blocks * (block if block < 8 else block // 8) + 8 * latent_dim
+
+    def _signs(self, dtype: torch.dtype) -> Tensor:
+        """``(3, blocks, B)`` ±1 from the packed bits."""
+        bits = self.sign_bits
+        if self.block >= 8:
+            shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+            bits = ((bits.unsqueeze(-1) >> shifts) & 1).flatten(-2)
+        return 1 - 2 * bits.to(dtype)
+
+    def _held(self) -> tuple[int, int]:
+        """Offsets of the held columns inside the held blocks' flat span."""
+        start, stop = self.columns
+        offset = start - self.first_block * self.block
+        return offset, offset + stop - start
+
+    def apply(self, coefficients: Tensor) -> Tensor:
+        """``Wᵀ c``: scatter ``c`` onto the chosen rows of every block, then ``M_jᵀ = D1 H D2 H D3 H``."""
+        signs = self._signs(coefficients.dtype)
+        x = coefficients.new_zeros(signs.shape[1], self.block)
+        x[:, self.rows] = coefficients
+        x = hadamard(x) * signs[2]
+        x = hadamard(x) * signs[1]
+        x = hadamard(x) * signs[0]
+        lo, hi = self._held()
+        return x.reshape(-1)[lo:hi] * self.scale
+
+    def apply_transpose(self, grad: Tensor) -> Tensor:
+        """``W g``: ``M_j = H D3 H D2 H D1`` on each block of ``g`` (zero past the columns), rows summed over blocks."""
+        signs = self._signs(grad.dtype)
+        lo, hi = self._held()
+        x = grad.new_zeros(signs.shape[1] * self.block)
+        x[lo:hi] = grad
+        x = x.view(signs.shape[1], self.block)
+        x = hadamard(x * signs[0])
+        x = hadamard(x * signs[1])
+        x = hadamard(x * signs[2])
+        return x[:, self.rows].sum(0) * self.scale
+
+    def forward(self, coefficients: Tensor) -> Tensor:
+        return _Linear.apply(coefficients.to(self.compute_dtype), self)
+
+    def row_means(self) -> Tensor:
+        """``W 1 / n`` over the held columns, computed once (one transpose transform)."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if "row_means" not in cache:
+            start, stop = self.columns
+            with torch.no_grad():
+                ones = torch.ones(stop - start, dtype=self.compute_dtype, device=self.rows.device)
+                cache["row_means"] = (self.apply_transpose(ones) / max(stop - start, 1)).float()
+        return cache["row_means"]
+
+    def extra_repr(self) -> str:
+        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
+        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, block={self.block}, structured (Hadamard)"
+
+
 # Operator name -> class, as recipes name them. Each takes (latent_dim, num_outputs, key, *, trainable,
-# dtype, device, columns, transform) and has a static storage_bytes(latent_dim, num_outputs, dtype).
+# dtype, device, columns, transform), has a static storage_bytes(latent_dim, num_outputs, dtype, columns) and a
+# class attribute uses_transform (whether a sharded build must compute the group's orthonormalizer for it).
 OPERATORS: dict[str, type[nn.Module]] = {
     "dense": DenseOperator,
+    "seeded": SeededOperator,
+    "structured": StructuredOperator,
 }
