@@ -50,7 +50,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 BUILTIN_SOURCES = ("shipped_mnist", "imagefolder", "segfolder", "timeseries", "csv", "parquet", "json")
 """The ``data.name`` values read without the hub; any other name is taken as a hub dataset id."""
-TASKS = ("classification", "regression", "segmentation")
+TASKS = ("classification", "regression", "segmentation", "language_modeling")
 IGNORE_INDEX = 255
 """Mask value of pixels left out of the loss and the metrics (as ``mapscale.metrics.IGNORE_INDEX``)."""
 
@@ -138,6 +138,12 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
         raise DataError(
             f"data.name=segfolder holds images with per-pixel masks; it serves task=segmentation, not {task}"
         )
+    if (task == "language_modeling") != (section.name == "text"):
+        raise DataError(f"data.name=text (a text file as byte tokens) and task=language_modeling go together; got data.name={section.name!r} with task={task}")
+    if section.name == "text":
+        if section.path is None or section.window is None:
+            raise DataError("data.name=text needs data.path (a UTF-8 text file) and data.window (tokens per example)")
+        return text_windows(section.path, section.window, section.test_size, section.max_examples)
     if section.name == "segfolder":
         return _build_segfolder(section)
     if section.name == "timeseries":
@@ -154,6 +160,32 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     else:
         splits, source = _load_hub(section, cache_dir)
     return _build_from_hf(splits, section, task, source)
+
+
+# -- text (next-token prediction) -----------------------------------------------------------------------------
+
+
+def text_windows(path: str | Path, window: int, test_size: float, max_examples: int | None = None) -> DataSplits:
+    """A text file as byte tokens (vocabulary 256, no tokenizer to download), cut into consecutive examples of
+    ``window`` input tokens; each example's target is its input shifted by one token. The split is by position:
+    the last ``test_size`` of the file (a fraction, or a count of examples when ``>= 1``) is the test split, so
+    no test text is seen in training. ``max_examples`` caps the training examples."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.path {path} is not a text file")
+    tokens = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long()
+    count = (len(tokens) - 1) // window
+    n_test = int(test_size) if test_size >= 1 else int(round(count * test_size))
+    if count < 2 or not 1 <= n_test < count:
+        raise DataError(f"{path} holds {len(tokens):,} bytes: {count} examples of {window} tokens, too few to hold out {test_size} for testing")
+    starts = torch.arange(count) * window
+    index = starts[:, None] + torch.arange(window + 1)
+    examples = tokens[index]  # (count, window + 1)
+    train, test = examples[: count - n_test], examples[count - n_test :]
+    if max_examples is not None:
+        train = train[:max_examples]
+    make = lambda part: TensorDataset(part[:, :-1].contiguous(), part[:, 1:].contiguous())  # noqa: E731
+    return DataSplits(make(train), make(test), num_classes=256, input_shape=(window,))
 
 
 # -- shipped MNIST ------------------------------------------------------------------------------------------------

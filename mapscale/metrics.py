@@ -12,12 +12,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 # The metric that picks the best checkpoint of each task, and whether higher is better.
-PRIMARY = {"classification": ("accuracy", True), "regression": ("mse", False), "segmentation": ("miou", True)}
+PRIMARY = {
+    "classification": ("accuracy", True),
+    "regression": ("mse", False),
+    "segmentation": ("miou", True),
+    "language_modeling": ("perplexity", False),
+}
 IGNORE_INDEX = 255
 
 
@@ -46,6 +53,11 @@ class Metrics:
             if self.keeps_scores:
                 self.scores.append(output.softmax(1)[:, 1])
                 self.labels.append(target.flatten())
+        elif self.task == "language_modeling":  # (B, T, V) next-token logits against (B, T) token ids
+            logits, target = output.flatten(0, -2), target.flatten()
+            self.correct += (logits.argmax(1) == target).sum().item()
+            self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            self.count += target.numel()
         elif self.task == "regression":
             self.squared_error += (output.reshape(target.shape) - target.float()).pow(2).sum().item()
             self.count += target.numel()
@@ -82,6 +94,9 @@ class Metrics:
             return result
         if self.task == "regression":
             return {"mse": self.squared_error / max(self.count, 1)}
+        if self.task == "language_modeling":
+            loss = self.loss_sum / max(self.count, 1)
+            return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "token_accuracy": self.correct / max(self.count, 1)}
         confusion = self.confusion.double()
         true_positive = confusion.diag()
         union = confusion.sum(0) + confusion.sum(1) - true_positive

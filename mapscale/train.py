@@ -189,6 +189,8 @@ def task_loss(task: str):
         return lambda output, target: F.mse_loss(output.reshape(target.shape), target.float())
     if task == "segmentation":
         return lambda output, target: F.cross_entropy(output, target, ignore_index=255)
+    if task == "language_modeling":  # next-token cross-entropy over every position
+        return lambda output, target: F.cross_entropy(output.flatten(0, -2), target.flatten())
     return F.cross_entropy
 
 
@@ -350,7 +352,9 @@ def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | Non
     if world.distributed:
         share = torch.tensor_split(torch.arange(len(dataset)), world.size)[world.rank]
         dataset = torch.utils.data.Subset(dataset, share.tolist())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(recipe.optim.batch_size, 256))
+    # Per-token logits over a vocabulary are large: language models evaluate at the training batch size.
+    batch_size = recipe.optim.batch_size if recipe.task == "language_modeling" else max(recipe.optim.batch_size, 256)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     with model.cached_weights():
         for inputs, targets in loader:
             with _autocast(recipe, device):
