@@ -38,3 +38,19 @@ def test_paper_table_bench_trains_rows_reads_finished_runs_back_and_writes_the_t
     assert (tmp_path / "table.png").stat().st_size > 0
     again = run(*args)  # finished rows are read back, not trained again
     assert "finished run" in again and "training" not in again.split("|")[0].split("threads")[1]
+
+
+def test_operators_bench_measures_every_operator_and_the_dense_bandwidth(tmp_path):
+    out = run("bench/operators.py", "--sizes", "20000", "--dims", "16", "--repeats", "1", "--out", str(tmp_path / "ops.md"))
+    table = (tmp_path / "ops.md").read_text()
+    for operator in ("| dense | 20,000 | 16 |", "| seeded | 20,000 | 16 |", "| structured | 20,000 | 16 |"):
+        assert operator in table, out
+    dense_row = next(line for line in table.splitlines() if line.startswith("| dense"))
+    assert dense_row.count("%") == 2  # fraction of copy bandwidth, forward and forward+backward
+
+
+def test_step_overhead_bench_compares_mapped_and_plain_steps(tmp_path):
+    out = run("bench/step_overhead.py", "--targets", "cnn2", "--operators", "structured", "--steps", "1", "--out", str(tmp_path / "steps.md"))
+    table = (tmp_path / "steps.md").read_text()
+    assert "| cnn2 | plain (full training) | 108,618 |" in table and "| cnn2 | mapped, structured | 2,048 |" in table, out
+    assert "| 1.00x |" in table
