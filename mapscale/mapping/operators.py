@@ -148,7 +148,25 @@ def build_orthonormal_mapping(key: int, latent_dim: int, num_outputs: int, dtype
     return weight.to(dtype)
 
 
-class DenseOperator(nn.Module):
+class _Operator(nn.Module):
+    """What every operator shares: its shape, key and the held column range ``[start, stop)`` (a shard's)."""
+
+    def __init__(self, latent_dim: int, num_outputs: int, key: int, columns: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
+        self.columns = (0, num_outputs) if columns is None else (int(columns[0]), int(columns[1]))
+        start, stop = self.columns
+        if not 0 <= start <= stop <= num_outputs:
+            raise ValueError(f"columns {self.columns} are outside the {num_outputs} outputs")
+        if latent_dim > num_outputs:
+            raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
+
+    def _describe(self) -> str:
+        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
+        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}"
+
+
+class DenseOperator(_Operator):
     """The stored orthonormal matrix: the paper's baseline, ``latent_dim * P_g`` floats.
 
     ``columns=(start, stop)`` holds only those columns of ``W`` (a shard: ``forward`` gives
@@ -171,14 +189,8 @@ class DenseOperator(nn.Module):
         columns: tuple[int, int] | None = None,
         transform: Tensor | None = None,
     ) -> None:
-        super().__init__()
-        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
-        self.columns = (0, num_outputs) if columns is None else (int(columns[0]), int(columns[1]))
+        super().__init__(latent_dim, num_outputs, key, columns)
         start, stop = self.columns
-        if not 0 <= start <= stop <= num_outputs:
-            raise ValueError(f"columns {self.columns} are outside the {num_outputs} outputs")
-        if latent_dim > num_outputs:
-            raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
         if torch.device(device or "cpu").type == "meta":
             weight = torch.empty(latent_dim, stop - start, dtype=dtype, device="meta")
         elif columns is None and transform is None:
@@ -235,22 +247,12 @@ class DenseOperator(nn.Module):
         return sums, sq_sums
 
     def extra_repr(self) -> str:
-        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
-        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, dtype={self.weight.dtype}"
+        return f"{self._describe()}, dtype={self.weight.dtype}"
 
 
 
 
 # -- operators that never store W -------------------------------------------------------------------------
-
-
-def _check_columns(columns: tuple[int, int] | None, num_outputs: int, latent_dim: int) -> tuple[int, int]:
-    start, stop = (0, num_outputs) if columns is None else (int(columns[0]), int(columns[1]))
-    if not 0 <= start <= stop <= num_outputs:
-        raise ValueError(f"columns {(start, stop)} are outside the {num_outputs} outputs")
-    if latent_dim > num_outputs:
-        raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
-    return start, stop
 
 
 def _not_trainable(name: str, trainable: bool) -> None:
@@ -280,7 +282,7 @@ class _Linear(torch.autograd.Function):
         return ctx.op.apply(tangent)
 
 
-class SeededOperator(nn.Module):
+class SeededOperator(_Operator):
     """Exactly `DenseOperator`'s ``W = T G`` for the same seed, never stored: the raw integer blocks of ``G`` are
     redrawn from their block seeds on every forward (``Wᵀ c = Gᵀ (Tᵀ c)``) and backward (``W g = T (G g)``).
 
@@ -302,10 +304,8 @@ class SeededOperator(nn.Module):
         columns: tuple[int, int] | None = None,
         transform: Tensor | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(latent_dim, num_outputs, key, columns)
         _not_trainable("seeded", trainable)
-        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
-        self.columns = _check_columns(columns, num_outputs, latent_dim)
         self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if torch.device(device or "cpu").type == "meta":
             transform = torch.empty(latent_dim, latent_dim, device="meta")
@@ -364,8 +364,7 @@ class SeededOperator(nn.Module):
         return cache["row_means"]
 
     def extra_repr(self) -> str:
-        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
-        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, seeded (never stored)"
+        return f"{self._describe()}, seeded (never stored)"
 
 
 def _pow2_at_least(n: int) -> int:
@@ -405,7 +404,7 @@ def _sylvester(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
 _SYLVESTER: dict = {}
 
 
-class StructuredOperator(nn.Module):
+class StructuredOperator(_Operator):
     """A structured orthogonal transform (Yu et al. 2016, "Orthogonal Random Features"; a subsampled randomized
     Hadamard transform): ``O(P log B)`` time, ``O(P)`` bits of memory, no stored matrix.
 
@@ -429,10 +428,8 @@ class StructuredOperator(nn.Module):
         columns: tuple[int, int] | None = None,
         transform: Tensor | None = None,  # unused: nothing to orthonormalise
     ) -> None:
-        super().__init__()
+        super().__init__(latent_dim, num_outputs, key, columns)
         _not_trainable("structured", trainable)
-        self.latent_dim, self.num_outputs, self.key = latent_dim, num_outputs, key
-        self.columns = _check_columns(columns, num_outputs, latent_dim)
         self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.block = _pow2_at_least(latent_dim)
         self.scale = math.sqrt(self.block / num_outputs)
@@ -518,8 +515,7 @@ class StructuredOperator(nn.Module):
         return cache["row_means"]
 
     def extra_repr(self) -> str:
-        shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
-        return f"latent_dim={self.latent_dim}, num_outputs={self.num_outputs}{shard}, block={self.block}, structured (Hadamard)"
+        return f"{self._describe()}, block={self.block}, structured (Hadamard)"
 
 
 # Operator name -> class, as recipes name them. Each takes (latent_dim, num_outputs, key, *, trainable,
