@@ -46,18 +46,15 @@ class Metrics:
     @torch.no_grad()
     def update(self, output: Tensor, target: Tensor) -> None:
         output, target = output.detach().float().cpu(), target.detach().cpu()
-        if self.task == "classification":
+        if self.task == "language_modeling":  # (B, T, V) next-token logits against (B, T) ids: one example per token
+            output, target = output.flatten(0, -2), target.flatten()
+        if self.task in ("classification", "language_modeling"):
             self.correct += (output.argmax(1) == target).sum().item()
             self.loss_sum += F.cross_entropy(output, target, reduction="sum").item()
             self.count += target.numel()
             if self.keeps_scores:
                 self.scores.append(output.softmax(1)[:, 1])
                 self.labels.append(target.flatten())
-        elif self.task == "language_modeling":  # (B, T, V) next-token logits against (B, T) token ids
-            logits, target = output.flatten(0, -2), target.flatten()
-            self.correct += (logits.argmax(1) == target).sum().item()
-            self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-            self.count += target.numel()
         elif self.task == "regression":
             self.squared_error += (output.reshape(target.shape) - target.float()).pow(2).sum().item()
             self.count += target.numel()
