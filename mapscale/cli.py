@@ -7,6 +7,10 @@
     mapscale export runs/MnistCNN2-20261123-120000 --out model.safetensors
     mapscale launch recipes/mnist_cnn2.py --nproc 2 --launcher deepspeed --dry-run
     mapscale report runs/MnistCNN2-20261123-120000 runs/MnistCNN1Lwt-20261124-090000 --out report
+    mapscale space runs/a runs/b runs/c --check
+    mapscale interpolate runs/a runs/b --steps 11 --out space
+    mapscale ensemble runs/a runs/b runs/c --out space
+    mapscale search recipes/mnist_cnn2.py data.classes=[5,6,7,8,9] --from runs/a --from runs/b --init mean
 """
 
 from __future__ import annotations
@@ -240,10 +244,130 @@ def report(
     typer.echo(f"wrote {out / 'report.md'}, {curves}, {scatter}")
 
 
+RunsArg = Annotated[list[Path], typer.Argument(help="Run directories (or checkpoint files) sharing one mapping.", metavar="RUN_DIR", show_default=False)]
+DeviceOption = Annotated[Optional[str], typer.Option(help="Device (default: cuda when available).")]
+
+
+def _device(device: str | None):
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@app.command()
+def space(
+    runs: RunsArg,
+    check: Annotated[bool, typer.Option("--check", help="Only verify that the runs share a mapping (exit code 2 and the differing fields if not).")] = False,
+) -> None:
+    """The runs as points of one latent space: verifies they share a mapping (the fingerprint of target, mapping
+    section and seed in each checkpoint), then lists them with the distances between their latents."""
+    from mapscale.space import SpaceError, check_shared_mapping, latent_distances, read_points
+
+    try:
+        points = read_points(runs)
+        check_shared_mapping(points)
+    except (FileNotFoundError, SpaceError) as err:
+        _fail(str(err))
+    console.print(f"{len(points)} runs share mapping {points[0].fingerprint}")
+    if check:
+        return
+    table = Table(title="runs (latent distances)")
+    for column in ("run", "step", "test metric", *(p.name for p in points)):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for point, row in zip(points, latent_distances(points)):
+        recorded = point.recorded() or {}
+        metric = next(iter(recorded.items()), None)
+        table.add_row(point.name, str(point.checkpoint["step"]), f"{metric[0]} {metric[1]:.4f}" if metric else "-", *(f"{d:.3f}" for d in row))
+    console.print(table)
+
+
+@app.command()
+def interpolate(
+    run_a: Annotated[Path, typer.Argument(help="The run at t = 0.", show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="The run at t = 1.", show_default=False)],
+    steps: Annotated[int, typer.Option(help="Evenly spaced points in [0, 1], endpoints included.", min=2)] = 11,
+    out: Annotated[Path, typer.Option("--out", help="Folder for interpolation.md and interpolation.png.")] = Path("space"),
+    device: DeviceOption = None,
+) -> None:
+    """The test metric along the straight latent path (1-t) z_A + t z_B and along the straight path between the
+    two materialised weight vectors: a loss-barrier view (table, markdown and PNG plot)."""
+    from mapscale.space import Space, SpaceError
+
+    try:
+        result = Space.open([run_a, run_b], _device(device)).interpolate(0, 1, steps)
+    except (FileNotFoundError, SpaceError) as err:
+        _fail(str(err))
+    table = Table(title=f"test {result.metric} from {result.run_a} (t=0) to {result.run_b} (t=1)")
+    for column in ("t", "latent path", "weight path"):
+        table.add_column(column, justify="right")
+    for t, lat, wei in zip(result.ts, result.latent, result.weight):
+        table.add_row(f"{t:.3f}", f"{lat[result.metric]:.4f}", f"{wei[result.metric]:.4f}")
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interpolation.md").write_text(result.markdown())
+    plot = result.plot(out / "interpolation.png")
+    console.print(f"barrier: latent path {result.barrier('latent'):.4f}, weight path {result.barrier('weight'):.4f}; wrote {out / 'interpolation.md'}, {plot}")
+
+
+@app.command()
+def ensemble(
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option("--out", help="Folder for ensemble.md and ensemble.png.")] = Path("space"),
+    device: DeviceOption = None,
+) -> None:
+    """The test metric of each run, of the averaged-latent model and of the output ensemble (mean softmax)."""
+    from mapscale.space import Space, SpaceError
+
+    try:
+        result = Space.open(runs, _device(device)).ensemble()
+    except (FileNotFoundError, SpaceError) as err:
+        _fail(str(err))
+    table = Table(title="members, averaged latent, output ensemble (test split of the first run)")
+    keys = list(result.averaged_latent)
+    for column in ("model", *keys):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, values in result.rows():
+        table.add_row(name, *(f"{values[k]:.4f}" for k in keys))
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble.md").write_text(result.markdown())
+    plot = result.plot(out / "ensemble.png")
+    console.print(f"wrote {out / 'ensemble.md'}, {plot}")
+
+
+@app.command()
+def search(
+    recipe_path: RecipeArg,
+    overrides: OverridesArg = None,
+    sources: Annotated[list[Path], typer.Option("--from", help="A source run (repeat the option for several).", show_default=False)] = ...,
+    init: Annotated[str, typer.Option(help="best: the source with the lowest task loss on the new task's training split before training; mean: the sources' mean latent.")] = "best",
+    target: Annotated[float, typer.Option(help="The test metric whose first reaching counts as 'steps to target'.")] = 0.9,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.", min=1)] = 10,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the warm and fresh runs, search.md and search.png.")] = Path("search"),
+    device: DeviceOption = None,
+) -> None:
+    """Train RECIPE (a new task in the sources' mapping, e.g. data.classes=[5,6,7,8,9]) from the best or the mean of
+    the sources' latents, training only the latents, and from a fresh latent: steps to --target for both."""
+    from mapscale.data import DataError
+    from mapscale.space import search as run_search
+
+    recipe = _load(recipe_path, overrides)
+    try:
+        result = run_search(recipe, sources, out, init=init, target=target, eval_every=eval_every, device=_device(device), console=console)
+    except (DataError, FileNotFoundError, ValueError) as err:  # SpaceError is a ValueError
+        _fail(str(err))
+    markdown = result.markdown()
+    (out / "search.md").write_text(markdown)
+    plot = result.plot(out / "search.png")
+    typer.echo(markdown)  # plain text: rich would wrap the table
+    typer.echo(f"wrote {out / 'search.md'}, {plot}")
+
+
 def _print_layout(recipe, world_size: int) -> None:
     import torch
 
     from mapscale.mapping.operators import OPERATORS
+    from mapscale.mapping.peers import storage_bytes as peer_storage
     from mapscale.train import build_loss, build_model, trainable_parameters
 
     model = build_model(recipe, "meta")  # shapes only: nothing is allocated, whatever the target's size
@@ -252,6 +376,8 @@ def _print_layout(recipe, world_size: int) -> None:
     operator = OPERATORS[recipe.mapping.operator]
 
     def storage(latent_dim: int, numel: int, columns: int | None = None) -> int:
+        if recipe.mapping.generator != "mapping":  # peers run unsharded: their whole fixed tensors
+            return peer_storage(recipe.mapping.generator, latent_dim, numel, recipe.mapping.operator)
         return operator.storage_bytes(latent_dim, numel, torch.float32, columns)
 
     table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.grouping if isinstance(recipe.mapping.grouping, str) else 'custom'} grouping")
@@ -271,6 +397,11 @@ def _print_layout(recipe, world_size: int) -> None:
     per_rank = [plan.mapping_bytes(rank, layout, storage) for rank in range(world_size)]
     if world_size > 1:
         _print_plan(plan, per_rank, layout, storage)
+    fixed_label = {
+        "mapping": f"mapping weights ({recipe.mapping.operator} operator)",
+        "subspace": f"fixed projection ({recipe.mapping.operator} operator) and theta0",
+        "rpg": "fixed ring positions, signs and scales",
+    }[recipe.mapping.generator]
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -279,8 +410,8 @@ def _print_layout(recipe, world_size: int) -> None:
         ("trainable parameters", f"{trainable:,}"),
         ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
-        (f"mapping weights ({recipe.mapping.operator} operator)", f"{mapping / 2**30:,.3f} GiB"),
-        *([("a dense fp32 mapping would hold", f"{dense / 2**30:,.3f} GiB")] if recipe.mapping.operator != "dense" else []),
+        (fixed_label, f"{mapping / 2**30:,.3f} GiB"),
+        *([("a dense fp32 mapping would hold", f"{dense / 2**30:,.3f} GiB")] if recipe.mapping.operator != "dense" and recipe.mapping.generator == "mapping" else []),
         (f"mapping on the heaviest rank, world size {world_size}", f"{max(per_rank) / 2**30:,.3f} GiB"),
     ]:
         summary.add_row(key, value)

@@ -127,6 +127,8 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if section.classes is not None:
+        return _keep_classes(build_datasets(section.model_copy(update={"classes": None}), task, cache_dir=cache_dir), section.classes, task)
     if (task == "segmentation") != (section.name == "segfolder"):
         # Image + mask pairs need their own folder layout and joint transforms; refusing beats training on
         # class labels under a per-pixel loss.
@@ -160,6 +162,30 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     else:
         splits, source = _load_hub(section, cache_dir)
     return _build_from_hf(splits, section, task, source)
+
+
+def _keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSplits:
+    """``data.classes``: each split reduced to the examples whose class is in ``classes`` (ids unchanged)."""
+    if task != "classification":
+        raise DataError(f"data.classes selects classification labels; task is {task}")
+    wrong = sorted({c for c in classes if not 0 <= c < (splits.num_classes or 0)})
+    if not classes or wrong or len(set(classes)) != len(classes):
+        raise DataError(f"data.classes {classes} must be distinct class ids in [0, {splits.num_classes}) (out of range: {wrong})")
+
+    def keep(dataset: Dataset) -> Dataset:
+        labels = dataset.tensors[1] if isinstance(dataset, TensorDataset) else getattr(dataset, "targets", None)
+        if labels is None:
+            labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        labels = torch.as_tensor(labels)  # (N,)
+        kept = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()  # (kept,)
+        if isinstance(dataset, TensorDataset):
+            return TensorDataset(*(t[kept] for t in dataset.tensors))
+        return torch.utils.data.Subset(dataset, kept.tolist())
+
+    train, test = keep(splits.train), keep(splits.test)
+    if not len(train) or not len(test):
+        raise DataError(f"data.classes {classes} leaves {len(train)} training and {len(test)} test examples")
+    return DataSplits(train, test, splits.num_classes, splits.input_shape)
 
 
 # -- text (next-token prediction) -----------------------------------------------------------------------------

@@ -96,11 +96,24 @@ class MappingSection(Section):
     """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
     seed: int = 0
     """Keys the fixed mapping weights and latent init; runs sharing it (and the target) share a mapping."""
-    mode: Literal["generate", "finetune", "full"] = "generate"
+    latent_seed: int | None = None
+    """Keys the latent init instead of ``seed`` (None: ``seed``): runs differing only in it share one mapping and
+    start from different latents (``mapscale space``). Needs ``latent_init_std`` > 0 to make a difference."""
+    latent_from: Path | None = None
+    """A latents file (``mapscale.space.save_latents``: one tensor per group, and the mapping fingerprint it
+    belongs to) the run starts from instead of the seeded init: a warm start (``mapscale search``). The run is
+    refused if the file's mapping differs from the recipe's."""
+    mode: Literal["generate", "finetune", "full", "lora", "vera"] = "generate"
     """``generate``: the target's parameters are generated. ``full``: nothing is generated and every parameter
     trains directly (the paper's full-training baseline; the rest of the section is unused). ``finetune`` (the paper's eq. 25,
     ``mapscale.mapping.finetune``): pretrained weights (``target.weights``) stay frozen and generated elements
-    modulate the tuned ones; the run starts exactly at the pretrained model (``offset``/``latent_init_std`` unused)."""
+    modulate the tuned ones; the run starts exactly at the pretrained model (``offset``/``latent_init_std`` unused).
+    ``lora`` / ``vera``: fine-tuning peers (``mapscale.mapping.adapters``, Hugging Face ``peft``): adapters of rank
+    ``adapter_rank`` on the modules owning the ``finetune_tuned`` tensors of the pretrained ``target.weights``; the
+    rest is frozen unless ``trainable`` selects it. A linear probe is ``mode="full"`` with every tensor but the
+    head's ``frozen``."""
+    adapter_rank: int | None = Field(None, ge=1)
+    """``lora`` / ``vera``: the adapter rank; None: the rank whose trainable count is nearest ``budget`` (an int)."""
     finetune_tuned: list[str] = Field(default_factory=list)
     """Fine-tuning: selectors of the tuned tensors (``["layer4.*", "fc.*"]``); empty: every tensor. Untuned
     tensors are frozen unless ``trainable`` selects them."""
@@ -113,6 +126,13 @@ class MappingSection(Section):
     finetune_scale: float = Field(0.1, gt=0)
     """Fine-tuning: alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of
     element; a latent with unit-variance entries moves elements by about one. Not yet measured."""
+    generator: Literal["mapping", "subspace", "rpg"] = "mapping"
+    """What generates the parameters (``mode="generate"``): ``mapping`` (the method), or a peer for comparison
+    (``mapscale.mapping.peers``): ``subspace`` (Li et al. 2018, ``theta = theta0 + P z``, ``P`` from ``operator``,
+    ``z`` from 0 unless ``latent_init_std``) or ``rpg`` (Wang et al. 2021, a trainable ring of ``budget`` entries
+    fetched with fixed random permutations and sign flips). ``grouping``, ``budget``, ``seed``, ``trainable`` and
+    ``frozen`` apply to peers as to the mapping (one subspace or ring per group); ``offset`` is unused (both start
+    at the target's init statistics); the modulation, activation, variant and low-rank fields do not apply."""
     low_rank: int | None = Field(None, ge=1)
     """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
     low_rank_tensors: list[str] = Field(default_factory=list)
@@ -127,8 +147,34 @@ class MappingSection(Section):
         return self
 
     @model_validator(mode="after")
+    def _peers_take_their_own_fields(self):
+        if self.generator == "mapping":
+            return self
+        if self.mode != "generate":
+            raise ValueError(f"mapping.generator={self.generator!r} generates parameters from scratch; it needs mapping.mode='generate' (mode is {self.mode!r})")
+        method_only = {"modulation": "multiplicative", "modulation_scale": 0.1, "activation": "identity", "variant": "mapping", "low_rank": None, "low_rank_tensors": []}
+        changed = [k for k, v in method_only.items() if getattr(self, k) != v]
+        if changed:
+            raise ValueError(f"{changed} belong to the mapping method; mapping.generator={self.generator!r} does not use them")
+        if self.latent_seed is not None or self.latent_from is not None:
+            raise ValueError(f"mapping.latent_seed and mapping.latent_from start the mapping's latents; mapping.generator={self.generator!r} starts its own (subspace at 0, rpg's ring from mapping.seed)")
+        if self.generator == "rpg" and (self.latent_init_std is not None or self.operator != "dense"):
+            raise ValueError("mapping.generator='rpg' starts its ring N(0, 1) and has no operator; leave latent_init_std and operator unset")
+        return self
+
+    @model_validator(mode="after")
     def _finetune_fields_need_finetune_mode(self):
         defaults = {"finetune_tuned": [], "finetune_block_size": 1, "finetune_form": "additive", "finetune_scale": 0.1}
+        if self.adapter_rank is not None and self.mode not in ("lora", "vera"):
+            raise ValueError(f"mapping.adapter_rank applies only with mapping.mode 'lora' or 'vera' (mode is {self.mode!r})")
+        if self.mode in ("lora", "vera"):
+            changed = [k for k, v in defaults.items() if k != "finetune_tuned" and getattr(self, k) != v]
+            changed += [k for k, v in {"generator": "mapping", "variant": "mapping", "low_rank": None, "frozen": []}.items() if getattr(self, k) != v]
+            if changed:
+                raise ValueError(f"{changed} do not apply to mapping.mode={self.mode!r} (peft adapters on the finetune_tuned layers)")
+            if self.adapter_rank is None and not isinstance(self.budget, int):
+                raise ValueError(f"mapping.mode={self.mode!r} matches its rank to an int budget; give mapping.adapter_rank or an int mapping.budget")
+            return self
         if self.mode != "finetune":
             changed = [k for k, v in defaults.items() if getattr(self, k) != v]
             if changed:
@@ -138,8 +184,8 @@ class MappingSection(Section):
             return self
         if self.frozen:
             raise ValueError("mapping.mode='finetune' freezes every untuned tensor already; leave mapping.frozen empty")
-        if self.latent_init_std not in (None, 0.0):
-            raise ValueError(f"mapping.mode='finetune' starts its latents at 0 (the pretrained model); latent_init_std {self.latent_init_std} is not used, leave it unset")
+        if self.latent_init_std not in (None, 0.0) or self.latent_seed is not None:
+            raise ValueError(f"mapping.mode='finetune' starts its latents at 0 (the pretrained model); latent_init_std ({self.latent_init_std}) and latent_seed ({self.latent_seed}) are not used, leave them unset")
         if self.variant == "full-dnn":
             raise ValueError("variant 'full-dnn' freezes the latents at 0, where fine-tuning's mapping gets no gradient; use 'mapping'")
         return self
@@ -203,6 +249,10 @@ class DataSection(Section):
     """Per-channel normalisation std."""
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many examples of each split (quick runs)."""
+    classes: list[int] | None = None
+    """Classification: keep only the examples of these class ids (e.g. ``[5, 6, 7, 8, 9]``), from each split after
+    ``max_examples``. Labels keep their ids (not remapped) and ``num_classes`` is unchanged, so the target's head
+    and its mapping stay those of the whole task: a new task in the same mapping space (``mapscale search``)."""
     window: int | None = Field(None, ge=1)
     """``timeseries``: rows per input window (inputs are ``(window, features)``); ``text``: tokens per example."""
     horizon: int = Field(1, ge=1)
@@ -334,8 +384,20 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _full_training_has_no_mapping_terms(self) -> Recipe:
         terms = [t for t in ("stability", "smoothness", "alignment") if getattr(self.loss, t) is not None]
+        if self.mapping.mode in ("lora", "vera") and terms:
+            raise ValueError(f"loss terms {terms} are the Mapping Loss's; mapping.mode={self.mapping.mode!r} trains peft adapters on the task loss alone")
         if self.mapping.mode == "full" and terms:
             raise ValueError(f"loss terms {terms} act on latents; mapping.mode='full' has none (the task loss alone trains it)")
+        m = self.mapping
+        starts_at_zero = m.mode == "generate" and m.generator == "mapping" and m.offset == "init" and not m.latent_init_std and m.latent_from is None
+        if starts_at_zero and self.loss.alignment is not None:
+            # Measured (bench/peers.py notes): CNN2 SLVT 1,024 with alignment 1e-2 stayed at chance for 60 steps.
+            raise ValueError(
+                "loss.alignment (1 - cos(z, W_m)) has no direction at the zero latent an offset='init' run starts from, and its "
+                "gradient there swamps the task's; use mapping.offset='mean' or mapping.latent_init_std > 0, or leave it off"
+            )
+        if self.mapping.generator != "mapping" and terms:
+            raise ValueError(f"loss terms {terms} are the Mapping Loss's; the peer mapping.generator={self.mapping.generator!r} trains on the task loss alone, as its paper")
         return self
 
     @model_validator(mode="after")

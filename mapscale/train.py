@@ -44,6 +44,8 @@ from mapscale.mapping.finetune import finetune_model, load_pretrained
 from mapscale.mapping.generator import GeneratorConfig
 from mapscale.mapping.lowrank import low_rank_model
 from mapscale.mapping.mapped import MappedModel, direct_model, map_model
+from mapscale.mapping.adapters import adapter_model, matching_rank
+from mapscale.mapping.peers import peer_model
 from mapscale.mapping.operators import mapping_key
 from mapscale.metrics import PRIMARY, Metrics
 from mapscale.recipe import Recipe
@@ -81,18 +83,22 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     torch.manual_seed(recipe.seed)
     meta = torch.device(device).type == "meta"
     m = recipe.mapping
-    finetune = m.mode == "finetune"
+    pretrained = m.mode in ("finetune", "lora", "vera")  # their builders load target.weights (shapes may differ)
     with torch.device("meta") if meta else nullcontext():
-        target = build_target(recipe.target.name, recipe.target.args, None if meta or finetune else recipe.target.weights)
-    if finetune:
+        target = build_target(recipe.target.name, recipe.target.args, None if meta or pretrained else recipe.target.weights)
+    if m.mode == "finetune":
         return _finetuned_model(recipe, target, device, world, meta)
+    if m.mode in ("lora", "vera"):
+        return _adapter_model(recipe, target, device, world, meta)
     if m.mode == "full":
         if recipe.distributed.gather == "per-unit":
             raise ValueError("mapping.mode='full' generates nothing to gather; use distributed.gather='whole'")
-        model = direct_model(target)
+        model = direct_model(target, [_selector(s) for s in m.frozen])
         return model if meta else model.to(device)
     if m.low_rank is not None:
         return _low_rank_model(recipe, target, device, world, meta)
+    if m.generator != "mapping":
+        return _peer_model(recipe, target, device, world, meta)
     # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.
     per_unit = recipe.distributed.gather == "per-unit"
     if world is not None and (world.distributed or per_unit) and not meta:
@@ -135,6 +141,39 @@ def _low_rank_model(recipe: Recipe, target: nn.Module, device, world: World | No
         trainable=[_selector(s) for s in m.trainable], frozen=[_selector(s) for s in m.frozen],
         device="meta" if meta else None, **_generator_options(m),
     )
+    return model if meta else model.to(device)
+
+
+def _peer_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
+    """``mapping.generator`` ``subspace`` or ``rpg``: a peer method on the same layout (`mapscale.mapping.peers`)."""
+    m = recipe.mapping
+    if (world is not None and world.distributed) or recipe.distributed.gather == "per-unit":
+        raise ValueError(f"mapping.generator={m.generator!r} runs in one process, unsharded (distributed.gather='whole')")
+    options = {"operator": m.operator, "latent_init_std": m.latent_init_std or 0.0} if m.generator == "subspace" else {"constant_init_std": m.constant_init_std}
+    model = peer_model(
+        target, m.generator, _selectors(m.grouping), m.budget, seed=m.seed,
+        trainable=[_selector(s) for s in m.trainable], frozen=[_selector(s) for s in m.frozen],
+        device="meta" if meta else None, **options,
+    )
+    return model if meta else model.to(device)
+
+
+def _adapter_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
+    """``mapping.mode`` ``lora`` / ``vera``: peft adapters on the pretrained target (`mapscale.mapping.adapters`).
+    Built for real even for ``device="meta"`` (peft draws its initial adapters): fine for the targets it tunes."""
+    m = recipe.mapping
+    if (world is not None and world.distributed) or recipe.distributed.gather == "per-unit":
+        raise ValueError(f"mapping.mode={m.mode!r} runs in one process, unsharded (distributed.gather='whole')")
+    tuned = [_selector(s) for s in m.finetune_tuned]
+    if recipe.target.weights is None and not meta:
+        raise ValueError(f"mapping.mode={m.mode!r} adapts pretrained weights, and target.weights is not set for {recipe.target.name}")
+    if recipe.target.weights is not None and not meta:
+        load_pretrained(target, load_state_dict(recipe.target.weights))
+    if meta:  # counts only: peft initialises its adapters, which meta tensors cannot
+        torch.manual_seed(recipe.seed)
+        target = build_target(recipe.target.name, recipe.target.args, None)
+    rank = m.adapter_rank if m.adapter_rank is not None else matching_rank(target, m.mode, m.budget, tuned)[0]
+    model = adapter_model(target, m.mode, rank, tuned, trainable=[_selector(s) for s in m.trainable], seed=m.seed)
     return model if meta else model.to(device)
 
 
@@ -233,11 +272,23 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
     return [b.tolist() for b in order.split(batch_size)]
 
 
+# Mapping fields that choose only where the latents start, not the mapping: left out of the fingerprint.
+LATENT_START_FIELDS = {"latent_seed", "latent_from"}
+# Mapping fields added after runs were made, with their defaults: left out of the fingerprint at those defaults,
+# so a run from before them still resumes and still shares its space with new runs.
+LATER_FIELDS = {"generator": "mapping", "adapter_rank": None}
+
+
 def fingerprint(model: MappedModel, recipe: Recipe) -> str:
-    """Identifies the mapping: the target's generated tensors (names, shapes), the mapping section and the
-    target init seed. Runs with equal fingerprints generate weights from the same fixed mapping."""
+    """Identifies the mapping: the target's generated tensors (names, shapes), the mapping section (but where the
+    latents start, `LATENT_START_FIELDS`) and the target init seed. Runs with equal fingerprints generate weights
+    from the same fixed mapping (`mapscale.space`); the fingerprints of runs before those fields are unchanged."""
     layout = [(g.name, g.latent_dim, [(t.name, list(t.shape)) for t in g.tensors]) for g in model.layout.groups]
-    payload = json.dumps([layout, recipe.mapping.model_dump(mode="json"), recipe.target.model_dump(mode="json"), recipe.seed], sort_keys=True)
+    mapping = recipe.mapping.model_dump(mode="json", exclude=LATENT_START_FIELDS)
+    for field, default in LATER_FIELDS.items():
+        if mapping[field] == default:
+            del mapping[field]
+    payload = json.dumps([layout, mapping, recipe.target.model_dump(mode="json"), recipe.seed], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -324,6 +375,22 @@ def load_run(run: Path, device: torch.device | str = "cpu") -> tuple[Recipe, Map
     model = build_model(recipe, device)
     restore_model_state(model, state["model"])
     return recipe, model, state
+
+
+def start_latents(model: MappedModel, path: Path, mapping_id: str) -> None:
+    """``mapping.latent_from``: set the group latents (and lv-wmap modulators) to those saved in ``path``
+    (`mapscale.space.save_latents`), which must belong to the same mapping."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["fingerprint"] != mapping_id:
+        raise ValueError(f"mapping.latent_from {path} holds latents of mapping {saved['fingerprint']}, not of this recipe's {mapping_id}: check with `mapscale space --check`")
+    latents = getattr(getattr(model, "generator", None), "latents", None)
+    if latents is None or len(latents) != len(saved["latents"]) or any(z.shape != s.shape for z, s in zip(latents, saved["latents"])):
+        raise ValueError(f"mapping.latent_from {path}: its latents do not fit this model's")
+    with torch.no_grad():
+        for z, value in zip(latents, saved["latents"]):
+            z.copy_(value)
+        for v, value in zip(getattr(model.generator, "modulators", []), saved["latents"]):  # lv-wmap starts v equal to z
+            v.copy_(value)
 
 
 def checkpoint_model_state(model: MappedModel) -> dict:
@@ -424,6 +491,8 @@ def train(
         updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world, accumulation)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
+    if recipe.mapping.latent_from is not None and not resume:
+        start_latents(model, recipe.mapping.latent_from, mapping_id)
 
     step, best = 0, {}
     log_path = run_dir / "metrics.jsonl"

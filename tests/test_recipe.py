@@ -44,7 +44,7 @@ def test_overrides_are_validated_with_clear_messages():
     changed = apply_overrides(recipe, ["optim.lr=3e-3", "mapping.budget=4096", "mapping.grouping=lwt", "target.args={\"classes\": 2}"])
     assert changed.optim.lr == 3e-3 and changed.mapping.budget == 4096 and changed.mapping.grouping == "lwt"
     assert changed.target.args == {"classes": 2} and recipe.optim.lr == 5e-2  # the original is untouched
-    with pytest.raises(RecipeError, match=r"unknown key 'mapping.budgt': mapping has no 'budgt'. Did you mean 'budget'\? Valid keys: activation, budget"):
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.budgt': mapping has no 'budgt'. Did you mean 'budget'\? Valid keys: activation, adapter_rank, budget"):
         apply_overrides(recipe, ["mapping.budgt=4"])
     with pytest.raises(RecipeError, match=r"optim.lr: Input should be a valid number.*got 'fast'"):
         apply_overrides(recipe, ["optim.lr=fast"])

@@ -67,6 +67,9 @@ class GeneratorConfig:
     operator: the name of a fixed mapping operator in ``OPERATORS``.
     latent_init_std: std of the seeded normal latent init; None means 1.0 for ``offset="mean"``, 0.0 for
         ``"init"`` (start exactly at ``theta_0``).
+    latent_seed: keys the latent init instead of ``seed`` (None: ``seed``). The calibration of the fixed
+        per-tensor scales always uses the latents drawn from ``seed``, so generators differing only in
+        ``latent_seed`` generate the same weights from the same latents: one mapping, other starting points.
     constant_init_std: the std given at init to tensors whose default init is a constant.
     mapping_dtype: storage dtype of the mapping weights.
     """
@@ -79,6 +82,7 @@ class GeneratorConfig:
     variant: Variant = "mapping"
     operator: str = "dense"
     latent_init_std: float | None = None
+    latent_seed: int | None = None
     constant_init_std: float = 0.02
     mapping_dtype: torch.dtype = torch.float32
 
@@ -208,6 +212,13 @@ class MappingGenerator(nn.Module):
                 self.modulators.append(nn.Parameter(z0.clone()))
         # (4, num tensors) per group: in_scale, in_shift, out_scale, out_shift; derived, never checkpointed.
         affines = self._calibrate(init_tensors)
+        if config.latent_seed is not None:  # other starting latents, after calibrating at the seed's
+            with torch.no_grad():
+                for index, group in enumerate(layout.groups):
+                    z0 = latent_init(config.latent_seed, group.name, group.latent_dim, std).to(device)
+                    self.latents[index].copy_(z0)
+                    if separate_modulator:
+                        self.modulators[index].copy_(z0)
         for index, group in enumerate(layout.groups):
             self.register_buffer(f"affine_{index}", affines[index], persistent=False)
             numels = torch.tensor([t.numel for t in group.tensors], device=device)

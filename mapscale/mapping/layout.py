@@ -136,13 +136,17 @@ class ParamLayout:
         )
 
     @classmethod
-    def direct(cls, module: nn.Module) -> ParamLayout:
+    def direct(cls, module: nn.Module, frozen: Iterable[Selector] = ()) -> ParamLayout:
         """Nothing generated, every parameter trained directly: the paper's full-training baseline, run
-        through the same `MappedModel` and trainer as the mapped rows it is compared with."""
-        specs, _ = _capture(module)
+        through the same `MappedModel` and trainer as the mapped rows it is compared with. Tensors matched by
+        ``frozen`` stay fixed (a linear probe freezes all but the head)."""
+        specs, owners = _capture(module)
         if not specs:
             raise ValueError(f"{type(module).__name__} has no parameters to train")
-        return cls(groups=(), trainable=tuple(specs))
+        kept_frozen = set(_select(specs, owners, list(frozen), "frozen"))
+        if len(kept_frozen) == len(specs):
+            raise ValueError("every parameter is frozen; nothing is left to train")
+        return cls(groups=(), trainable=tuple(s for s in specs if s.name not in kept_frozen), frozen=tuple(s for s in specs if s.name in kept_frozen))
 
     def generated_tensors(self) -> list[TensorSpec]:
         return [t for g in self.groups for t in g.tensors]

@@ -205,10 +205,11 @@ def map_model(
     return _mapped(model, layout, seed, device, shard, generator_options)
 
 
-def direct_model(model: nn.Module) -> MappedModel:
+def direct_model(model: nn.Module, frozen: Iterable[Selector] = ()) -> MappedModel:
     """``model`` with every parameter trained directly and nothing generated (the full-training baseline), as a
-    `MappedModel` so that it trains, evaluates, checkpoints and reports through the same code as mapped runs."""
-    return _mapped(model, ParamLayout.direct(model), 0, None, None, {})
+    `MappedModel` so that it trains, evaluates, checkpoints and reports through the same code as mapped runs.
+    ``frozen`` selectors keep tensors fixed (a linear probe: all but the head)."""
+    return _mapped(model, ParamLayout.direct(model, frozen), 0, None, None, {})
 
 
 def _mapped(model: nn.Module, layout: ParamLayout, seed: int, device, shard, generator_options: dict) -> MappedModel:
