@@ -54,3 +54,18 @@ def test_step_overhead_bench_compares_mapped_and_plain_steps(tmp_path):
     table = (tmp_path / "steps.md").read_text()
     assert "| cnn2 | plain (full training) | 108,618 |" in table and "| cnn2 | mapped, structured | 2,048 |" in table, out
     assert "| 1.00x |" in table
+
+
+def test_peers_bench_runs_every_method_and_reads_finished_runs_back(tmp_path):
+    args = ["bench/peers.py", "--budgets", "512", "--finetune-budgets", "1024", "--seeds", "0", "--epochs", "1", "--max-steps", "2",
+            "--max-examples", "256", "--no-sweep", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "peers.md")]
+    run(*args)
+    table = (tmp_path / "peers.md").read_text()
+    for name in ("full training", "mapscale SLVT + Mapping Loss", "mapscale LWT + Mapping Loss", "random subspace (Li et al.)",
+                 "RPG ring (Wang et al.)", "mapscale fine-tune (L=1)", "LoRA (peft)", "VeRA (peft)", "linear probe (head only)"):
+        assert f"| {name} |" in table, name
+    assert "| RPG ring (Wang et al.) | 512 | 512 |" in table and "| LoRA (peft) | 1,024 | 1,066 |" in table  # rank 1 is LoRA's nearest
+    assert "| linear probe (head only) | – | 1,290 |" in table
+    assert (tmp_path / "peers.png").stat().st_size > 0
+    again = run(*args)
+    assert ": test " not in again  # every run finished: read back, none trained again
