@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from mapscale.recipe import load_recipe  # noqa: E402
 from mapscale.report import RunSummary, summarize  # noqa: E402
 from mapscale.train import load_run, train, write_run_files  # noqa: E402
+from paper_table import finished, seconds_per_step  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 RECIPE = ROOT / "recipes" / "mnist_cnn2.py"
 # Every term of the Mapping Loss, with bench/mapping_loss.py's fixed weights, on pure generation (offset=mean:
@@ -82,17 +83,6 @@ METHODS = [
     Method("ft-probe", "linear probe (head only)", "finetune", ("mapping.mode=full", 'mapping.frozen=["0.*", "3.*", "7.*"]'), 1e-2, budgeted=False),
 ]
 BY_KEY = {m.key: m for m in METHODS}
-
-
-def finished(run_dir: Path) -> bool:
-    log = run_dir / "metrics.jsonl"
-    return log.is_file() and any(json.loads(line).get("split") == "train-eval" for line in log.read_text().splitlines() if line.strip())
-
-
-def seconds_per_step(run_dir: Path, batch_size: int) -> float:
-    """Median training step time from the logged throughput (evaluation and checkpoints excluded)."""
-    rates = [r["samples_per_s"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "train" and "samples_per_s" in r]
-    return batch_size / statistics.median(rates)
 
 
 def run(name: str, overrides: list[str], args, console: Console) -> tuple[RunSummary, float]:
