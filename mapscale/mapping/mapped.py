@@ -217,8 +217,14 @@ def _mapped(model: nn.Module, layout: ParamLayout, seed: int, device, shard, gen
     if unknown:
         raise TypeError(f"unknown map_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
     config = GeneratorConfig(seed=seed, **generator_options)
+    return build_mapped(model, layout, device, lambda init, device: MappingGenerator(layout, init, config, device=device, shard=None if shard is None else shard(layout)))
+
+
+def build_mapped(model: nn.Module, layout: ParamLayout, device, make_generator: Callable[[dict[str, Tensor], torch.device], nn.Module]) -> MappedModel:
+    """``model`` with ``layout``'s generated tensors produced by ``make_generator(init, device)``: ``init`` holds
+    the model's current values of them (its default initialisation), ``device`` defaults to where its
+    parameters are. The one assembly step of `map_model` and the peer generators (`mapscale.mapping.peers`)."""
     if device is None:
         device = next(model.parameters()).device
     init = {spec.name: model.get_parameter(spec.name).detach() for spec in layout.generated_tensors()}
-    generator = MappingGenerator(layout, init, config, device=device, shard=None if shard is None else shard(layout))
-    return MappedModel(model, generator)
+    return MappedModel(model, make_generator(init, device))

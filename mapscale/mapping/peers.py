@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from mapscale.mapping.generator import latent_init
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
-from mapscale.mapping.mapped import MappedModel
+from mapscale.mapping.mapped import MappedModel, build_mapped
 from mapscale.mapping.operators import OPERATORS, mapping_key
 
 
@@ -214,7 +214,4 @@ def peer_model(
     if peer not in PEERS:
         raise ValueError(f"unknown peer generator {peer!r}; choose one of {list(PEERS)}")
     layout = ParamLayout.from_module(model, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
-    if device is None:
-        device = next(model.parameters()).device
-    init = {spec.name: model.get_parameter(spec.name).detach() for spec in layout.generated_tensors()}
-    return MappedModel(model, PEERS[peer](layout, init, seed=seed, device=device, **options))
+    return build_mapped(model, layout, device, lambda init, device: PEERS[peer](layout, init, seed=seed, device=device, **options))
