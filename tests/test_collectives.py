@@ -51,3 +51,23 @@ def test_world_from_env_single_and_two_ranks(monkeypatch):
     single = World.from_env()
     assert (single.rank, single.size, single.is_main, single.distributed) == (0, 1, True, False)
     assert run_ranks(world_of, 2) == [(0, 2, True, True), (1, 2, False, True)]
+
+
+def test_world_exit_runs_atexit_handlers_flushes_and_returns_the_code():
+    """`World.exit` skips interpreter teardown (where gloo's worker threads abort a finished rank), so it must
+    do what teardown would have: run the atexit handlers and flush what is buffered."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, sys\n"
+        "from mapscale.distributed.world import World\n"
+        "atexit.register(lambda: print('atexit ran'))  # left in the buffer: World.exit flushes it\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "World().exit(3)\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "buffered, no newline" in done.stdout and "atexit ran" in done.stdout
+    assert "not reached" not in done.stdout

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -63,6 +66,25 @@ class World:
         """Leave the process group (end of a multi-rank run)."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+    def exit(self, code: int) -> NoReturn:
+        """End this rank's process with ``code``: leave the process group, run the ``atexit`` handlers, flush,
+        then ``os._exit`` instead of tearing the interpreter down.
+
+        Interpreter teardown is where gloo aborts a finished run: `destroy_process_group` does not join a
+        process group's worker threads while DeepSpeed (or anyone) still holds the group, and a worker that
+        drops the last reference to a collective's tensor during ``Py_FinalizeEx`` needs the GIL, so its
+        thread exits inside a C++ destructor and ``std::terminate`` kills the rank with SIGABRT ("terminate
+        called without an active exception"; the launcher then reports a failure after a complete run). The
+        core dump of such a rank shows it: ``c10d::ProcessGroupGloo::runLoop`` -> ``~AsyncAllreduceWork`` ->
+        ``decref_pyobject`` -> ``PyThread_exit_thread``, beside the main thread in ``Py_FinalizeEx``. Same
+        bug: pytorch/pytorch#190489. Everything a run writes is closed before this point.
+        """
+        self.stop()
+        atexit._run_exitfuncs()  # what interpreter teardown would have run (logging, DeepSpeed, torch)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
 
     # -- small collectives the trainer needs (no-ops in a single process) ------------------------------------
 
