@@ -36,8 +36,12 @@ RecipeArg = Annotated[Path, typer.Argument(help="A recipe file (.py), a resolved
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. optim.lr=3e-3 mapping.budget=4096.", show_default=False)]
 
 
-def _fail(message: str) -> None:
+def _error(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def _fail(message: str) -> None:
+    _error(message)
     raise typer.Exit(code=2)
 
 
@@ -85,30 +89,28 @@ def train(
     # Under torchrun / deepspeed every rank runs this command; rank 0 alone names and writes the run directory.
     world = World.start(recipe.distributed.backend, device)
     out = console if world.is_main else Console(quiet=True)
-    code = 0
+    result, code = None, 0
     try:
+        if not resume:
+            run_dir = world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
+            if world.is_main:
+                write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
+        out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
         try:
-            if not resume:
-                run_dir = world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
-                if world.is_main:
-                    write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
-            out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
-            try:
-                result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=out, world=world)
-            except (DataError, FileNotFoundError, ValueError) as err:
-                if world.is_main and not resume and not (run_dir / "checkpoint.pt").exists():
-                    shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
-                if world.is_main:
-                    _fail(str(err))
-                raise typer.Exit(code=2) from err
-        finally:
-            world.stop()
+            result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=out, world=world)
+        except (DataError, FileNotFoundError, ValueError) as err:
+            if world.is_main and not resume and not (run_dir / "checkpoint.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
+            if world.is_main:
+                _error(str(err))
+            code = 2
+    finally:
+        world.stop()
+    if result is not None:
         if world.is_main:
             _print_summary(result)
-        if result.signalled:  # a planned --stop-after ends with 0, so launchers and job chains see success
-            code = 130
-    except typer.Exit as stop:
-        code = stop.exit_code
+        # a planned --stop-after ends with 0, so launchers and job chains see success
+        code = 130 if result.signalled else 0
     if world.distributed:
         world.exit(code)  # not through interpreter teardown: see World.exit
     if code:
