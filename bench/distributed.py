@@ -43,6 +43,7 @@ from torch import nn
 from mapscale.distributed.plan import ShardPlan
 from mapscale.distributed.step import TorchStep
 from mapscale.distributed.world import World
+from mapscale.mapping.contract import held_bytes
 from mapscale.recipe import Recipe, load_recipe
 from mapscale.train import build_loss, build_model, trainable_parameters
 
@@ -55,6 +56,13 @@ PLANNED = (8, 64)  # world sizes from the plan only
 def peak_rss_bytes() -> int:
     """This process's peak resident set so far (``ru_maxrss`` is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def operator_bytes(model) -> int:
+    """Bytes of the mapping operators this process holds (each storage once): what the plan's ``mapping_numel``
+    counts. Not ``model.fixed_bytes()``, which adds the per-group constants every rank holds in full."""
+    operators = model.generator.operators
+    return held_bytes(operators, [t for op in operators for t in [*op.buffers(), *op.parameters()]])
 
 
 def input_shape(target: nn.Module, image_size: int) -> tuple[int, int]:
@@ -133,7 +141,7 @@ def run_rank(recipe: Recipe, batch: int, image_size: int, steps: int, thread_cou
         timed = torch.tensor(phases[1:] or phases).mean(0).tolist()  # (4,): generate, forward, backward, update
         series[threads] = {"step_s": sum(timed), "phases": timed, "losses": losses, "update": update}
     return {
-        "rank": world.rank, "mapping_bytes": model.mapping_bytes(), "rss_start": rss_start, "rss_built": rss_built,
+        "rank": world.rank, "mapping_bytes": operator_bytes(model), "rss_start": rss_start, "rss_built": rss_built,
         "rss_peak": peak_rss_bytes(), "build_s": build_seconds, "series": series, "train_mode_loss": train_mode.item(),
     }
 

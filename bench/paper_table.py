@@ -56,7 +56,7 @@ class Row:
 
 
 ROWS = [
-    Row("cnn2-full", "CNN2", "full training", "mnist_cnn2.py", ("mapping.mode=full", *FULL_LR), 98.69, 108_618),
+    Row("cnn2-full", "CNN2", "full training", "mnist_cnn2.py", ("mapping.method=full", *FULL_LR), 98.69, 108_618),
     Row("cnn2-slvt-1024", "CNN2", "SLVT 1,024", "mnist_cnn2.py", ("mapping.budget=1024",), 97.88, 1_024),
     Row("cnn2-slvt-2048", "CNN2", "SLVT 2,048", "mnist_cnn2.py", (), 98.66, 2_048),
     Row("cnn2-lwt-1872", "CNN2", "LWT 1,872", "mnist_cnn2.py", ("mapping.grouping=lwt", "mapping.budget=1872"), 98.98, 1_872),
@@ -72,7 +72,7 @@ ROWS = [
     # starts at the seeded unit-variance init around the target's init statistics (offset=mean).
     Row("cnn2-full-dnn-2048", "CNN2", "T7 Full DNN 2,048", "mnist_cnn2.py", ("mapping.variant=full-dnn", "mapping.offset=mean", *MAPPING_LR), 97.12, 6_753_104),
     Row("cnn2-lv-full-dnn-2048", "CNN2", "T7 LV+FullDNN 2,048", "mnist_cnn2.py", ("mapping.variant=lv-full-dnn", "mapping.offset=mean", *MAPPING_LR), 96.16, 543_095),
-    Row("cnn1-full", "CNN1", "full training", "mnist_cnn1_slvt.py", ("mapping.mode=full", *FULL_LR), 99.32, 537_994),
+    Row("cnn1-full", "CNN1", "full training", "mnist_cnn1_slvt.py", ("mapping.method=full", *FULL_LR), 99.32, 537_994),
     Row("cnn1-slvt-1024", "CNN1", "SLVT 1,024", "mnist_cnn1_slvt.py", ("mapping.budget=1024",), 98.78, 1_024),
     Row("cnn1-slvt-2072", "CNN1", "SLVT 2,072", "mnist_cnn1_slvt.py", (), 99.56, 2_072),
     Row("cnn1-lwt-4078", "CNN1", "LWT 4,078", "mnist_cnn1_lwt.py", (), 99.67, 4_078),

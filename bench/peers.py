@@ -43,6 +43,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from mapscale.methods import METHODS as LIBRARY_METHODS  # noqa: E402  (this script has its own METHODS)
 from mapscale.recipe import load_recipe  # noqa: E402
 from mapscale.report import RunSummary, summarize  # noqa: E402
 from mapscale.train import load_run, train, write_run_files  # noqa: E402
@@ -52,7 +53,7 @@ RECIPE = ROOT / "recipes" / "mnist_cnn2.py"
 # Every term of the Mapping Loss, with bench/mapping_loss.py's fixed weights, on pure generation (offset=mean:
 # latents start N(0, 1)). Two other settings trained nothing on CNN2 (60 steps, SLVT 1,024, chance accuracy):
 # learned λ started at 0.5 (smoothness, ~60, swamps the task loss) and alignment on offset=init recipes, whose
-# latents start at 0 where the cosine has no direction (see the recipe check in mapscale.recipe).
+# latents start at 0 where the cosine has no direction (see MappingMethod.check_loss in mapscale.methods).
 FULL_LOSS = ("mapping.offset=mean", "loss.coefficients=fixed", "loss.stability=1.0", "loss.smoothness=1e-3", "loss.alignment=1e-2")
 OLD, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 TUNED = '["7.*", "9.*"]'
@@ -68,19 +69,25 @@ class Method:
     budgeted: bool = True
     swept: bool = True  # its learning rate comes from the sweep (mapscale's and full training's were set by earlier benches)
 
+    @property
+    def seeded(self) -> bool:
+        """Its recipe section has a ``seed`` (keying the mapping, projection, ring or adapters); full training's has none."""
+        chosen = next((o.split("=", 1)[1] for o in self.overrides if o.startswith("mapping.method=")), "mapping")  # the recipe's: mapping
+        return "seed" in LIBRARY_METHODS[chosen].section.model_fields
+
 
 METHODS = [
-    Method("full", "full training", "scratch", ("mapping.mode=full",), 1e-3, budgeted=False, swept=False),
+    Method("full", "full training", "scratch", ("mapping.method=full",), 1e-3, budgeted=False, swept=False),
     Method("slvt", "mapscale SLVT + Mapping Loss", "scratch", ("mapping.budget={budget}", *FULL_LOSS), 5e-2, swept=False),
     Method("lwt", "mapscale LWT + Mapping Loss", "scratch", ("mapping.grouping=lwt", "mapping.budget={budget}", *FULL_LOSS), 5e-2, swept=False),
     # An ablation of the two rows above: the recipe as committed (offset=init, task loss alone), rate swept like a peer.
     Method("slvt-plain", "mapscale SLVT, task loss, offset=init", "scratch", ("mapping.budget={budget}",), 5e-2),
-    Method("subspace", "random subspace (Li et al.)", "scratch", ("mapping.generator=subspace", "mapping.budget={budget}"), 5e-2),
-    Method("rpg", "RPG ring (Wang et al.)", "scratch", ("mapping.generator=rpg", "mapping.budget={budget}"), 5e-2),
-    Method("ft-mapscale", "mapscale fine-tune (L=1)", "finetune", ("mapping.mode=finetune", f"mapping.finetune_tuned={TUNED}", "mapping.budget={budget}"), 5e-2),
-    Method("ft-lora", "LoRA (peft)", "finetune", ("mapping.mode=lora", f"mapping.finetune_tuned={TUNED}", "mapping.budget={budget}"), 1e-2),
-    Method("ft-vera", "VeRA (peft)", "finetune", ("mapping.mode=vera", f"mapping.finetune_tuned={TUNED}", "mapping.budget={budget}"), 1e-2),
-    Method("ft-probe", "linear probe (head only)", "finetune", ("mapping.mode=full", 'mapping.frozen=["0.*", "3.*", "7.*"]'), 1e-2, budgeted=False),
+    Method("subspace", "random subspace (Li et al.)", "scratch", ("mapping.method=subspace", "mapping.budget={budget}"), 5e-2),
+    Method("rpg", "RPG ring (Wang et al.)", "scratch", ("mapping.method=rpg", "mapping.budget={budget}"), 5e-2),
+    Method("ft-mapscale", "mapscale fine-tune (L=1)", "finetune", ("mapping.method=finetune", f"mapping.tuned={TUNED}", "mapping.budget={budget}"), 5e-2),
+    Method("ft-lora", "LoRA (peft)", "finetune", ("mapping.method=lora", f"mapping.tuned={TUNED}", "mapping.budget={budget}"), 1e-2),
+    Method("ft-vera", "VeRA (peft)", "finetune", ("mapping.method=vera", f"mapping.tuned={TUNED}", "mapping.budget={budget}"), 1e-2),
+    Method("ft-probe", "linear probe (head only)", "finetune", ("mapping.method=full", 'mapping.frozen=["0.*", "3.*", "7.*"]'), 1e-2, budgeted=False),
 ]
 BY_KEY = {m.key: m for m in METHODS}
 
@@ -104,7 +111,8 @@ def run(name: str, overrides: list[str], args, console: Console) -> tuple[RunSum
 
 
 def method_overrides(method: Method, budget: int, seed: int, lr: float, pretrained: Path | None) -> list[str]:
-    out = [o.replace("{budget}", str(budget)) for o in method.overrides] + [f"seed={seed}", f"mapping.seed={seed}", f"optim.lr={lr:g}"]
+    seeds = [f"seed={seed}", f"mapping.seed={seed}"] if method.seeded else [f"seed={seed}"]
+    out = [o.replace("{budget}", str(budget)) for o in method.overrides] + [*seeds, f"optim.lr={lr:g}"]
     if method.part == "finetune":
         out += [f"data.classes={NEW}", f"target.weights={pretrained}"]
     return out
@@ -112,7 +120,7 @@ def method_overrides(method: Method, budget: int, seed: int, lr: float, pretrain
 
 def pretrain(args, console: Console) -> Path:
     """CNN2 trained in full on digits 0-4: the pretrained target of the fine-tuning part (a plain state_dict)."""
-    summary, _ = run("pretrain-digits0-4", ["mapping.mode=full", "optim.lr=1e-3", f"data.classes={OLD}"], args, console)
+    summary, _ = run("pretrain-digits0-4", ["mapping.method=full", "optim.lr=1e-3", f"data.classes={OLD}"], args, console)
     weights = Path(args.runs) / "pretrain-digits0-4" / "weights.pt"
     _, model, _ = load_run(weights.parent)
     torch.save(model.materialize(), weights)

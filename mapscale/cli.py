@@ -37,7 +37,7 @@ OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Dotted overri
 
 
 def _error(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _fail(message: str) -> None:
@@ -374,44 +374,27 @@ def search(
 
 
 def _print_layout(recipe, world_size: int) -> None:
-    import torch
-
-    from mapscale.mapping.operators import OPERATORS
-    from mapscale.mapping.peers import storage_bytes as peer_storage
+    from mapscale.distributed.plan import ShardPlan
+    from mapscale.distributed.world import World
     from mapscale.train import build_loss, build_model, trainable_parameters
 
     model = build_model(recipe, "meta")  # shapes only: nothing is allocated, whatever the target's size
     trainable = sum(p.numel() for p in trainable_parameters(model, build_loss(recipe)))  # the optimiser's count
     layout = model.layout
-    operator = OPERATORS[recipe.mapping.operator]
-
-    def storage(latent_dim: int, numel: int, columns: int | None = None) -> int:
-        if recipe.mapping.generator != "mapping":  # peers run unsharded: their whole fixed tensors
-            return peer_storage(recipe.mapping.generator, latent_dim, numel, recipe.mapping.operator)
-        return operator.storage_bytes(latent_dim, numel, torch.float32, columns)
-
-    table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.grouping if isinstance(recipe.mapping.grouping, str) else 'custom'} grouping")
-    for column in ("group", "tensors", "parameters", "latent dim", "mapping MiB"):
+    table = Table(title=f"{recipe.name}: {recipe.target.name}, {recipe.mapping.describe()}")
+    for column in ("group", "tensors", "parameters", "latent dim"):
         table.add_column(column, justify="left" if column == "group" else "right")
     shown = layout.groups if len(layout.groups) <= 40 else layout.groups[:20] + layout.groups[-20:]
     for group in shown:
-        table.add_row(group.name, str(len(group.tensors)), f"{group.numel:,}", str(group.latent_dim), f"{storage(group.latent_dim, group.numel) / 2**20:,.1f}")
+        table.add_row(group.name, str(len(group.tensors)), f"{group.numel:,}", str(group.latent_dim))
     if len(shown) < len(layout.groups):
         table.caption = f"{len(layout.groups) - len(shown)} of {len(layout.groups)} groups not shown"
-    console.print(table)
-    from mapscale.distributed.plan import ShardPlan
-
-    mapping = sum(storage(g.latent_dim, g.numel) for g in layout.groups)
-    dense = layout.mapping_numel * 4
-    plan = ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None)
-    per_rank = [plan.mapping_bytes(rank, layout, storage) for rank in range(world_size)]
-    if world_size > 1:
-        _print_plan(plan, per_rank, layout, storage)
-    fixed_label = {
-        "mapping": f"mapping weights ({recipe.mapping.operator} operator)",
-        "subspace": f"fixed projection ({recipe.mapping.operator} operator) and theta0",
-        "rpg": "fixed ring positions, signs and scales",
-    }[recipe.mapping.generator]
+    if layout.groups:
+        console.print(table)
+    # Each rank's fixed state, from the generator of its part (built on the meta device): one accounting.
+    per_rank = [model.fixed_bytes()] if world_size == 1 else [build_model(recipe, "meta", World(rank=r, size=world_size)).fixed_bytes() for r in range(world_size)]
+    if world_size > 1 and layout.groups:
+        _print_plan(ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None), per_rank)
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -420,32 +403,35 @@ def _print_layout(recipe, world_size: int) -> None:
         ("trainable parameters", f"{trainable:,}"),
         ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
-        (fixed_label, f"{mapping / 2**30:,.3f} GiB"),
-        *([("a dense fp32 mapping would hold", f"{dense / 2**30:,.3f} GiB")] if recipe.mapping.operator != "dense" and recipe.mapping.generator == "mapping" else []),
-        (f"mapping on the heaviest rank, world size {world_size}", f"{max(per_rank) / 2**30:,.3f} GiB"),
+        (f"fixed state of mapping.method={recipe.mapping.method!r}", _gib(model.fixed_bytes())),
+        *([("a dense fp32 mapping of this layout would hold", _gib(layout.mapping_numel * 4))] if layout.groups else []),
+        (f"fixed state on the heaviest rank, world size {world_size}", _gib(max(per_rank))),
     ]:
         summary.add_row(key, value)
     console.print(summary)
 
 
-def _print_plan(plan, per_rank: list[int], layout, storage) -> None:
-    """The sharding plan: each unit's rows and its heaviest rank's share; then the mapping bytes per rank."""
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.3f} GiB"
+
+
+def _print_plan(plan, per_rank: list[int]) -> None:
+    """The sharding plan's units, then each rank's fixed-state bytes against the even share."""
     table = Table(title=f"sharding plan over {plan.world_size} ranks (rank r owns rows [floor(r*rows/N), floor((r+1)*rows/N)) of each unit)")
-    for column in ("unit", "tensors", "rows", "rows per rank", "mapping MiB, heaviest rank"):
+    for column in ("unit", "tensors", "rows", "rows per rank"):
         table.add_column(column, justify="left" if column == "unit" else "right")
     for unit in plan.units:
-        heaviest = max(sum(storage(layout.groups[g].latent_dim, layout.groups[g].numel, cols) for g, cols in unit.rank_pieces(rank)) for rank in range(plan.world_size))
-        table.add_row(unit.name, str(len(unit.segments)), f"{unit.rows:,}", f"{unit.rows_per_rank:,}", f"{heaviest / 2**20:,.1f}")
+        table.add_row(unit.name, str(len(unit.segments)), f"{unit.rows:,}", f"{unit.rows_per_rank:,}")
     console.print(table)
     even = sum(per_rank) / plan.world_size
-    ranks = Table(title="mapping weights per rank")
+    ranks = Table(title="fixed state per rank")
     ranks.add_column("rank", justify="left")
     ranks.add_column("GiB", justify="right")
     ranks.add_column("of the even share", justify="right")
     shown = range(plan.world_size) if plan.world_size <= 8 else [min(range(plan.world_size), key=per_rank.__getitem__), max(range(plan.world_size), key=per_rank.__getitem__)]
     for rank in shown:
         label = str(rank) if plan.world_size <= 8 else f"{rank} ({'lightest' if per_rank[rank] == min(per_rank) else 'heaviest'})"
-        ranks.add_row(label, f"{per_rank[rank] / 2**30:,.3f}", f"{per_rank[rank] / even:.2f}x")
+        ranks.add_row(label, f"{per_rank[rank] / 2**30:,.3f}", f"{per_rank[rank] / max(even, 1):.2f}x")
     console.print(ranks)
 
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from mapscale.mapping.contract import group_offsets, views
 from mapscale.mapping.mapped import MappedModel
 from mapscale.mapping.operators import mapping_key
 
@@ -190,7 +191,7 @@ class MappingLoss(nn.Module):
     def _stability(self, model: MappedModel, generated, output, inputs, rng_state, step: int) -> Tensor:
         noise = self._noise(step, "stability")
         latents = [z + self.stability_eps * torch.randn(z.shape, generator=noise).to(z.device) for z in model.generator.latents]
-        perturbed = model.generator(latents=latents)
+        perturbed = model.generated_tensors(latents)
         # Running statistics of the perturbed pass go to copies; the real buffers see only the clean pass.
         buffers = {n: b.clone() for n, b in model.target.named_buffers() if n not in generated and b.numel() > 0}
         with torch.random.fork_rng(devices=[device for device in [rng_state[1]] if device is not None]):
@@ -209,8 +210,8 @@ class MappingLoss(nn.Module):
             if all(value is not None for value in exact):
                 return torch.stack(exact).sum()
             if self.smoothness_estimator == "exact":
-                raise ValueError(f"operator {generator.config.operator!r} has no exact Jacobian norm; use 'auto' or 'hutchinson'")
-        if generator.shard is not None:
+                raise ValueError(f"{type(generator).__name__} gives no exact Jacobian norm here (operator or assembly); use 'auto' or 'hutchinson'")
+        if not generator.part.whole:
             raise ValueError(
                 "the smoothness term's Hutchinson estimate needs whole groups, which sharded generation does not hold; "
                 "on several ranks use mapping.activation=identity (exact norm) or loss.smoothness=0"
@@ -239,13 +240,22 @@ class MappingLoss(nn.Module):
 
 
 def hutchinson_jacobian_sq_norm(model: MappedModel, samples: int, noise: torch.Generator) -> Tensor:
-    """Unbiased ``E_v ||J v||²`` of ``J = ∂G/∂z`` over all groups, Rademacher ``v``, one JVP per sample."""
+    """Unbiased ``E_v ||J v||²`` of ``J = ∂G/∂z`` over all groups, Rademacher ``v``, one JVP per sample. ``G`` is
+    the generator's flat vector, or its assembled tensors (each once) where the generator says the smoothness
+    term is about those (``flat_smoothness`` False: fine-tuning's final weights)."""
     generator = model.generator
     latents = tuple(generator.latents)
-    groups = range(len(latents))
+    offsets = group_offsets(generator.layout)
 
     def flat_outputs(*zs: Tensor) -> tuple[Tensor, ...]:
-        return tuple(generator.generate_group(i, zs[i]) for i in groups)
+        flats = [generator.generate(start, start + group.numel, zs) for start, group in zip(offsets, generator.layout.groups)]
+        if generator.flat_smoothness:
+            return tuple(flats)
+        named = {}
+        for flat, group in zip(flats, generator.layout.groups):
+            named.update(views(flat, group.tensors))
+        assembled = generator.assemble(named)
+        return tuple(assembled[spec.name] for spec in generator.outputs)
 
     estimates = []
     for _ in range(samples):

@@ -7,13 +7,16 @@ subclass replaces the parent's section, and needs no type annotation::
     class MnistCNN2(Recipe):
         '''CNN2 on the shipped MNIST subset, SLVT 2048.'''
         target = TargetSection(name="cnn2")
-        mapping = MappingSection(grouping="slvt", budget=2048)
+        mapping = MappingMethod(grouping="slvt", budget=2048)
 
     class Bigger(MnistCNN2):
-        mapping = MappingSection(grouping="lwt", budget=4096)
+        mapping = MappingMethod(grouping="lwt", budget=4096)
 
-On the command line, dotted overrides (``optim.lr=3e-3 mapping.budget=4096``) are validated by the same
-models: an unknown key names the valid ones (and the closest), a wrong type says what was expected.
+The ``mapping`` section is the section of one method (`mapscale.methods`: ``MappingMethod``, ``RpgMethod``,
+...), chosen by its ``method`` field. On the command line, dotted overrides (``optim.lr=3e-3
+mapping.budget=4096``, ``mapping.method=rpg``) are validated by the same models: an unknown key names the valid
+ones (and the closest), a wrong type says what was expected. Switching ``mapping.method`` keeps the recipe's
+mapping fields that the new method reads too (grouping, budget, seed, ...) and drops the others.
 """
 
 from __future__ import annotations
@@ -24,31 +27,31 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic._internal._model_construction import ModelMetaclass
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from mapscale.methods import (  # re-exported: recipe files import every section from here
+    METHODS,
+    AnyMethod,
+    FinetuneMethod,
+    FullMethod,
+    LoraMethod,
+    MappingMethod,
+    RpgMethod,
+    SubspaceMethod,
+    VeraMethod,
+)
+from mapscale.section import RecipeError, Section
+
+__all__ = [
+    "DataSection", "DistributedSection", "FinetuneMethod", "FullMethod", "LossSection", "LoraMethod", "MappingMethod",
+    "OptimSection", "OutputSection", "Recipe", "RecipeError", "RpgMethod", "SubspaceMethod", "TargetSection",
+    "VeraMethod", "apply_overrides", "load_recipe",
+]
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot be loaded or validated; the message says what to change."""
-
-
-class _SectionMeta(ModelMetaclass):
-    """Lets a subclass override an inherited field by plain assignment (``mapping = MappingSection(...)``):
-    pydantic wants every override annotated, so the parent's annotation is copied in."""
-
-    def __new__(mcs, name, bases, namespace, **kwargs):
-        annotations = namespace.setdefault("__annotations__", {})
-        for base in bases:
-            for field_name, field in getattr(base, "model_fields", {}).items():
-                if field_name in namespace and field_name not in annotations:
-                    annotations[field_name] = field.annotation
-        return super().__new__(mcs, name, bases, namespace, **kwargs)
-
-
-class Section(BaseModel, metaclass=_SectionMeta):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True, frozen=False)
+METHOD_SECTION = "mapping"  # the recipe's field holding the method's section (a union over `METHODS`)
 
 
 class TargetSection(Section):
@@ -61,134 +64,6 @@ class TargetSection(Section):
     """Keyword arguments of the builder (``{"num_classes": 2}``)."""
     weights: Path | None = None
     """Optional pretrained weights (a state_dict in ``.pt``/``.pth`` or ``.safetensors``) loaded before mapping."""
-
-
-class MappingSection(Section):
-    """How the target's parameters are generated (``mapscale.map_model``)."""
-
-    grouping: str | dict[str, str | list[str]] = "slvt"
-    """``slvt`` (one latent), ``lwt`` (one latent per module owning parameters), or ``{group: selectors}`` where a
-    selector is a glob on parameter names (``"layer4.*"``) or ``"re:<regex>"``."""
-    budget: int | dict[str, int] = 2048
-    """Total latent size, split across groups in proportion to sqrt(group size); or ``{group: latent_dim}``."""
-    trainable: list[str] = Field(default_factory=list)
-    """Selectors of tensors kept out of generation and trained directly (e.g. ``"*bn*"``)."""
-    frozen: list[str] = Field(default_factory=list)
-    """Selectors of tensors kept out of generation at their initial (or pretrained) values."""
-    operator: str = "dense"
-    """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``dense`` (the stored matrix, the paper's),
-    ``seeded`` (the same matrix redrawn from the seed on every step, never stored: memory ``latent_dim²`` per group,
-    time bound by random-number generation) or ``structured`` (a randomized Hadamard transform, ``O(P log d)``
-    time and 3 bits per parameter: for targets whose dense mapping does not fit)."""
-    modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
-    """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
-    modulation_scale: float = Field(0.1, gt=0)
-    """The modulation scale alpha."""
-    activation: Literal["identity", "tanh"] = "identity"
-    """Activation of eq. 21."""
-    offset: Literal["mean", "init"] = "mean"
-    """``mean``: generated tensors start with the target's init statistics; ``init``: start at its init weights."""
-    variant: Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"] = "mapping"
-    """The paper's Table 7 variant (what trains)."""
-    latent_init_std: float | None = Field(None, ge=0)
-    """Std of the seeded latent init; default 1.0 for ``offset=mean``, 0.0 for ``offset=init``."""
-    constant_init_std: float = Field(0.02, gt=0)
-    """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
-    seed: int = 0
-    """Keys the fixed mapping weights and latent init; runs sharing it (and the target) share a mapping."""
-    latent_seed: int | None = None
-    """Keys the latent init instead of ``seed`` (None: ``seed``): runs differing only in it share one mapping and
-    start from different latents (``mapscale space``). Needs ``latent_init_std`` > 0 to make a difference."""
-    latent_from: Path | None = None
-    """A latents file (``mapscale.space.save_latents``: one tensor per group, and the mapping fingerprint it
-    belongs to) the run starts from instead of the seeded init: a warm start (``mapscale search``). The run is
-    refused if the file's mapping differs from the recipe's."""
-    mode: Literal["generate", "finetune", "full", "lora", "vera"] = "generate"
-    """``generate``: the target's parameters are generated. ``full``: nothing is generated and every parameter
-    trains directly (the paper's full-training baseline; the rest of the section is unused). ``finetune`` (the paper's eq. 25,
-    ``mapscale.mapping.finetune``): pretrained weights (``target.weights``) stay frozen and generated elements
-    modulate the tuned ones; the run starts exactly at the pretrained model (``offset``/``latent_init_std`` unused).
-    ``lora`` / ``vera``: fine-tuning peers (``mapscale.mapping.adapters``, Hugging Face ``peft``): adapters of rank
-    ``adapter_rank`` on the modules owning the ``finetune_tuned`` tensors of the pretrained ``target.weights``; the
-    rest is frozen unless ``trainable`` selects it. A linear probe is ``mode="full"`` with every tensor but the
-    head's ``frozen``."""
-    adapter_rank: int | None = Field(None, ge=1)
-    """``lora`` / ``vera``: the adapter rank; None: the rank whose trainable count is nearest ``budget`` (an int)."""
-    finetune_tuned: list[str] = Field(default_factory=list)
-    """Fine-tuning: selectors of the tuned tensors (``["layer4.*", "fc.*"]``); empty: every tensor. Untuned
-    tensors are frozen unless ``trainable`` selects them."""
-    finetune_block_size: int = Field(1, ge=1)
-    """Fine-tuning: weights modulated by one generated element (the paper's L; it reports 1, 250, 25,000). An int
-    budget is capped at the element count sum_t ceil(numel_t / L)."""
-    finetune_form: Literal["additive", "multiplicative"] = "additive"
-    """Fine-tuning: ``additive`` (the paper's ``w + alpha sigma o``, sigma the tensor's pretrained std) or
-    ``multiplicative`` (a gate ``w (1 + alpha o)``)."""
-    finetune_scale: float = Field(0.1, gt=0)
-    """Fine-tuning: alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of
-    element; a latent with unit-variance entries moves elements by about one. Not yet measured."""
-    generator: Literal["mapping", "subspace", "rpg"] = "mapping"
-    """What generates the parameters (``mode="generate"``): ``mapping`` (the method), or a peer for comparison
-    (``mapscale.mapping.peers``): ``subspace`` (Li et al. 2018, ``theta = theta0 + P z``, ``P`` from ``operator``,
-    ``z`` from 0 unless ``latent_init_std``) or ``rpg`` (Wang et al. 2021, a trainable ring of ``budget`` entries
-    fetched with fixed random permutations and sign flips). ``grouping``, ``budget``, ``seed``, ``trainable`` and
-    ``frozen`` apply to peers as to the mapping (one subspace or ring per group); ``offset`` is unused (both start
-    at the target's init statistics); the modulation, activation, variant and low-rank fields do not apply."""
-    low_rank: int | None = Field(None, ge=1)
-    """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
-    low_rank_tensors: list[str] = Field(default_factory=list)
-    """LRD: the weights to factor (selectors); empty: every weight whose factors are smaller than it."""
-
-    @model_validator(mode="after")
-    def _low_rank_alone(self):
-        if self.low_rank_tensors and self.low_rank is None:
-            raise ValueError("mapping.low_rank_tensors needs mapping.low_rank (the rank)")
-        if self.low_rank is not None and self.mode == "finetune":
-            raise ValueError("mapping.low_rank generates factors from scratch; it does not combine with mapping.mode='finetune'")
-        return self
-
-    @model_validator(mode="after")
-    def _peers_take_their_own_fields(self):
-        if self.generator == "mapping":
-            return self
-        if self.mode != "generate":
-            raise ValueError(f"mapping.generator={self.generator!r} generates parameters from scratch; it needs mapping.mode='generate' (mode is {self.mode!r})")
-        method_only = {"modulation": "multiplicative", "modulation_scale": 0.1, "activation": "identity", "variant": "mapping", "low_rank": None, "low_rank_tensors": []}
-        changed = [k for k, v in method_only.items() if getattr(self, k) != v]
-        if changed:
-            raise ValueError(f"{changed} belong to the mapping method; mapping.generator={self.generator!r} does not use them")
-        if self.latent_seed is not None or self.latent_from is not None:
-            raise ValueError(f"mapping.latent_seed and mapping.latent_from start the mapping's latents; mapping.generator={self.generator!r} starts its own (subspace at 0, rpg's ring from mapping.seed)")
-        if self.generator == "rpg" and (self.latent_init_std is not None or self.operator != "dense"):
-            raise ValueError("mapping.generator='rpg' starts its ring N(0, 1) and has no operator; leave latent_init_std and operator unset")
-        return self
-
-    @model_validator(mode="after")
-    def _finetune_fields_need_finetune_mode(self):
-        defaults = {"finetune_tuned": [], "finetune_block_size": 1, "finetune_form": "additive", "finetune_scale": 0.1}
-        if self.adapter_rank is not None and self.mode not in ("lora", "vera"):
-            raise ValueError(f"mapping.adapter_rank applies only with mapping.mode 'lora' or 'vera' (mode is {self.mode!r})")
-        if self.mode in ("lora", "vera"):
-            changed = [k for k, v in defaults.items() if k != "finetune_tuned" and getattr(self, k) != v]
-            changed += [k for k, v in {"generator": "mapping", "variant": "mapping", "low_rank": None, "frozen": []}.items() if getattr(self, k) != v]
-            if changed:
-                raise ValueError(f"{changed} do not apply to mapping.mode={self.mode!r} (peft adapters on the finetune_tuned layers)")
-            if self.adapter_rank is None and not isinstance(self.budget, int):
-                raise ValueError(f"mapping.mode={self.mode!r} matches its rank to an int budget; give mapping.adapter_rank or an int mapping.budget")
-            return self
-        if self.mode != "finetune":
-            changed = [k for k, v in defaults.items() if getattr(self, k) != v]
-            if changed:
-                raise ValueError(f"{changed} apply only with mapping.mode='finetune' (mode is {self.mode!r})")
-            if self.mode == "full" and (self.low_rank is not None or self.variant != "mapping"):
-                raise ValueError("mapping.mode='full' trains the target's own parameters; mapping.low_rank and mapping.variant do not apply")
-            return self
-        if self.frozen:
-            raise ValueError("mapping.mode='finetune' freezes every untuned tensor already; leave mapping.frozen empty")
-        if self.latent_init_std not in (None, 0.0) or self.latent_seed is not None:
-            raise ValueError(f"mapping.mode='finetune' starts its latents at 0 (the pretrained model); latent_init_std ({self.latent_init_std}) and latent_seed ({self.latent_seed}) are not used, leave them unset")
-        if self.variant == "full-dnn":
-            raise ValueError("variant 'full-dnn' freezes the latents at 0, where fine-tuning's mapping gets no gradient; use 'mapping'")
-        return self
 
 
 class LossSection(Section):
@@ -374,7 +249,8 @@ class Recipe(Section):
     task: Literal["classification", "regression", "segmentation", "language_modeling"] = "classification"
     """Task type: sets the task loss (cross-entropy, MSE, per-pixel or next-token cross-entropy) and the metrics."""
     target: TargetSection = Field(default_factory=TargetSection)
-    mapping: MappingSection = Field(default_factory=MappingSection)
+    mapping: AnyMethod = Field(default_factory=MappingMethod)
+    """The method and its settings: one section per ``method`` (`mapscale.methods`)."""
     loss: LossSection = Field(default_factory=LossSection)
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -382,22 +258,8 @@ class Recipe(Section):
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
-    def _full_training_has_no_mapping_terms(self) -> Recipe:
-        terms = [t for t in ("stability", "smoothness", "alignment") if getattr(self.loss, t) is not None]
-        if self.mapping.mode in ("lora", "vera") and terms:
-            raise ValueError(f"loss terms {terms} are the Mapping Loss's; mapping.mode={self.mapping.mode!r} trains peft adapters on the task loss alone")
-        if self.mapping.mode == "full" and terms:
-            raise ValueError(f"loss terms {terms} act on latents; mapping.mode='full' has none (the task loss alone trains it)")
-        m = self.mapping
-        starts_at_zero = m.mode == "generate" and m.generator == "mapping" and m.offset == "init" and not m.latent_init_std and m.latent_from is None
-        if starts_at_zero and self.loss.alignment is not None:
-            # Measured (bench/peers.py notes): CNN2 SLVT 1,024 with alignment 1e-2 stayed at chance for 60 steps.
-            raise ValueError(
-                "loss.alignment (1 - cos(z, W_m)) has no direction at the zero latent an offset='init' run starts from, and its "
-                "gradient there swamps the task's; use mapping.offset='mean' or mapping.latent_init_std > 0, or leave it off"
-            )
-        if self.mapping.generator != "mapping" and terms:
-            raise ValueError(f"loss terms {terms} are the Mapping Loss's; the peer mapping.generator={self.mapping.generator!r} trains on the task loss alone, as its paper")
+    def _loss_terms_fit_the_method(self) -> Recipe:
+        self.mapping.check_loss(self.loss)
         return self
 
     @model_validator(mode="after")
@@ -469,15 +331,46 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
     if not overrides:
         return recipe
     data = recipe.model_dump(mode="json")
+    pairs = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"override {item!r} is not key=value (e.g. optim.lr=3e-3)")
-        _set_path(type(recipe), data, key.strip().split("."), _parse_value(raw), key.strip(), 0)
+        pairs.append((key.strip(), _parse_value(raw)))
+    methods = [value for key, value in pairs if key == "mapping.method"]
+    if methods:  # first, so that the other mapping overrides are checked against the new method's section
+        data["mapping"] = _switched_method(recipe, data["mapping"], methods[-1])
+    for key, value in pairs:
+        if key != "mapping.method":
+            _set_path(type(recipe), data, key.split("."), value, key, 0)
     try:
         return type(recipe).model_validate(data)
     except ValidationError as err:
         raise RecipeError(_format_error(err)) from None
+
+
+def _switched_method(recipe: Recipe, mapping: dict, method: Any) -> dict:
+    """The mapping section's data for ``method``: the fields the recipe set that the new method reads too."""
+    if method == mapping["method"]:
+        return mapping
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"unknown mapping.method {method!r}.{hint} Methods: {', '.join(METHODS)}")
+    fields = METHODS[method].section.model_fields
+    return {"method": method, **{k: mapping[k] for k in recipe.mapping.model_fields_set if k in fields and k != "method"}}
+
+
+def _member(annotation: Any, data: Any) -> type[BaseModel] | None:
+    """The section class a field holds: its annotation, or for a union of method sections the one ``data``'s
+    ``method`` names."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for member in get_args(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel) and "method" in member.model_fields:
+            if isinstance(data, dict) and member.model_fields["method"].default == data.get("method", "mapping"):
+                return member
+    return None
 
 
 def _parse_value(raw: str) -> Any:
@@ -494,6 +387,8 @@ def _set_path(model: type[BaseModel] | None, data: dict, parts: list[str], value
         close = difflib.get_close_matches(head, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         where = ".".join(parts[:depth]) or "the recipe"
+        if "method" in model.model_fields:
+            where += f" (method {model.model_fields['method'].default!r})"
         raise RecipeError(f"unknown key {full_key!r}: {where} has no {head!r}.{hint} Valid keys: {', '.join(valid)}")
     if not rest:
         data[head] = value
@@ -504,8 +399,7 @@ def _set_path(model: type[BaseModel] | None, data: dict, parts: list[str], value
             child = data[head] = {}
         else:
             raise RecipeError(f"cannot set {full_key!r}: {head!r} holds {type(child).__name__}, not a section")
-    annotation = model.model_fields[head].annotation if model is not None else None
-    submodel = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    submodel = _member(model.model_fields[head].annotation, child) if model is not None else None
     _set_path(submodel, child, parts, value, full_key, depth + 1)
 
 
@@ -524,16 +418,23 @@ def _format_error(err: Exception) -> str:
         return str(err)
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "recipe"
+        # a union's tag (the method's name) follows the section in the location: not a key the user wrote
+        loc = [p for i, p in enumerate(e["loc"]) if not (i and e["loc"][i - 1] == METHOD_SECTION and p in METHODS)]
+        where = ".".join(str(p) for p in loc) or "recipe"
         if e["type"] == "extra_forbidden":
             model = _section_named(err.title)
-            for part in e["loc"][:-1]:  # walk down to the section holding the unknown key
+            full = list(e["loc"][:-1])
+            while full:  # walk down to the section holding the unknown key
+                part = full.pop(0)
                 annotation = model.model_fields[part].annotation if model and part in model.model_fields else None
-                model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+                model = _member(annotation, {"method": full.pop(0)} if full and get_args(annotation) else None)
             valid = sorted(model.model_fields) if model else []
             close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            lines.append(f"unknown key {where!r} in {model.__name__ if model else err.title}.{hint}" + (f" Valid keys: {', '.join(valid)}" if valid else ""))
+            section = model.__name__ if model else err.title
+            if model is not None and "method" in model.model_fields:
+                section = f"{section} (mapping.method={model.model_fields['method'].default!r})"
+            lines.append(f"unknown key {where!r} in {section}.{hint}" + (f" Valid keys: {', '.join(valid)}" if valid else ""))
         else:
             lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
     return "; ".join(lines)

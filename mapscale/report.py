@@ -55,15 +55,7 @@ class RunSummary:
 
 
 def strategy_name(recipe: Recipe) -> str:
-    m = recipe.mapping
-    if m.mode == "full":
-        return "full training" if not m.frozen else f"partial training ({len(m.frozen)} frozen selectors)"
-    if m.mode in ("lora", "vera"):
-        return m.mode + (f" (r={m.adapter_rank})" if m.adapter_rank is not None else f" (rank for {m.budget:,})")
-    if m.mode == "finetune":
-        return f"finetune (L={m.finetune_block_size})"
-    grouping = m.grouping if isinstance(m.grouping, str) else "custom"
-    return grouping if m.generator == "mapping" else f"{m.generator} ({grouping})"
+    return recipe.mapping.describe()
 
 
 def summarize(run_dir: Path | str) -> RunSummary:

@@ -32,6 +32,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from mapscale.data import DataSplits, build_datasets
+from mapscale.mapping.contract import copy_latents
 from mapscale.mapping.mapped import MappedModel
 from mapscale.metrics import PRIMARY
 from mapscale.recipe import Recipe, apply_overrides
@@ -77,7 +78,7 @@ class RunPoint:
         state = self.state
         count = sum(1 for key in state if key.startswith(LATENT_KEY.format("")))
         if count == 0:
-            raise SpaceError(f"{self.run_dir} has no latents (mapping.mode={self.recipe.mapping.mode!r})")
+            raise SpaceError(f"{self.run_dir} has no latents (mapping.method={self.recipe.mapping.method!r})")
         return [state[LATENT_KEY.format(i)] for i in range(count)]
 
     def recorded(self) -> dict[str, float] | None:
@@ -419,9 +420,7 @@ class Search:
 
 
 def _latent_state(model: MappedModel, latents: list[Tensor]) -> None:
-    with torch.no_grad():
-        for z, value in zip(model.generator.latents, latents):
-            z.copy_(value)
+    copy_latents(model.generator.latents, latents)
 
 
 def search(

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -36,20 +35,17 @@ from torch import nn
 
 import mapscale
 from mapscale.data import DataSplits, build_datasets
-from mapscale.distributed.sharding import sharding
+from mapscale.distributed.plan import ShardPlan
+from mapscale.distributed.sharded import part_of, shard
 from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
 from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
-from mapscale.mapping.finetune import finetune_model, load_pretrained
-from mapscale.mapping.generator import GeneratorConfig
-from mapscale.mapping.lowrank import low_rank_model
-from mapscale.mapping.mapped import MappedModel, direct_model, map_model
-from mapscale.mapping.adapters import adapter_model, matching_rank
-from mapscale.mapping.peers import peer_model
+from mapscale.mapping.mapped import MappedModel
 from mapscale.mapping.operators import mapping_key
+from mapscale.methods import METHODS, Build
 from mapscale.metrics import PRIMARY, Metrics
 from mapscale.recipe import Recipe
-from mapscale.targets import build_target, load_state_dict
+from mapscale.targets import build_target
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: optimiser and schedule under "optim" (DeepSpeed runs), "world_size"
@@ -77,129 +73,43 @@ class RunResult:
 
 
 def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World | None = None) -> MappedModel:
-    """The recipe's mapped target. The target's default init is seeded by ``recipe.seed``, the mapping by
-    ``recipe.mapping.seed``, so the same recipe builds the same model in every process. In a multi-rank
-    ``world`` each rank builds only its shard of the mapping (``distributed.units``) and gathers the rest."""
+    """The recipe's target with its method applied (`mapscale.methods.METHODS` holds one builder per method).
+    The target's default init is seeded by ``recipe.seed``, the method's fixed randomness by its ``seed``, so
+    the same recipe builds the same model in every process. In a multi-rank ``world`` (or with
+    ``distributed.gather="per-unit"``) a generating method's generator holds only this rank's part of the flat
+    vector (``distributed.units``) and `mapscale.distributed.shard` gathers the rest; on the meta device the
+    part is built for shapes and bytes only (``mapscale inspect``)."""
     torch.manual_seed(recipe.seed)
-    meta = torch.device(device).type == "meta"
-    m = recipe.mapping
-    pretrained = m.mode in ("finetune", "lora", "vera")  # their builders load target.weights (shapes may differ)
+    device = torch.device(device)
+    meta = device.type == "meta"
+    method = METHODS[recipe.mapping.method]
+    dist = recipe.distributed
     with torch.device("meta") if meta else nullcontext():
-        target = build_target(recipe.target.name, recipe.target.args, None if meta or pretrained else recipe.target.weights)
-    if m.mode == "finetune":
-        return _finetuned_model(recipe, target, device, world, meta)
-    if m.mode in ("lora", "vera"):
-        return _adapter_model(recipe, target, device, world, meta)
-    if m.mode == "full":
-        if recipe.distributed.gather == "per-unit":
-            raise ValueError("mapping.mode='full' generates nothing to gather; use distributed.gather='whole'")
-        model = direct_model(target, [_selector(s) for s in m.frozen])
-        return model if meta else model.to(device)
-    if m.low_rank is not None:
-        return _low_rank_model(recipe, target, device, world, meta)
-    if m.generator != "mapping":
-        return _peer_model(recipe, target, device, world, meta)
-    # Per-unit gathering also works in one process (a shard of size 1): peak generated weights are one unit.
-    per_unit = recipe.distributed.gather == "per-unit"
-    if world is not None and (world.distributed or per_unit) and not meta:
-        target = target.to(device)  # each rank builds its mapping columns straight onto its device
-    if world is not None and world.distributed and recipe.distributed.sync_batchnorm and not meta:
-        if torch.device(device).type == "cpu":
+        target = build_target(recipe.target.name, recipe.target.args, None if meta or method.pretrained else recipe.target.weights)
+    per_unit = dist.gather == "per-unit"
+    sharded = world is not None and (world.distributed or per_unit)
+    if sharded and not method.generates and per_unit:
+        raise ValueError(f"mapping.method={recipe.mapping.method!r} generates nothing to gather; use distributed.gather='whole'")
+    sharded = sharded and method.generates
+    if sharded and not meta:
+        target = target.to(device)  # each rank builds its part of the fixed state straight onto its device
+    if world is not None and world.distributed and dist.sync_batchnorm and not meta:
+        if device.type == "cpu":
             raise ValueError("distributed.sync_batchnorm needs GPUs: torch's SyncBatchNorm has no CPU implementation")
         target = nn.SyncBatchNorm.convert_sync_batchnorm(target)  # same module names, so the same layout
-    model = map_model(
-        target,
-        _selectors(m.grouping),
-        m.budget,
-        seed=m.seed,
-        trainable=[_selector(s) for s in m.trainable],
-        frozen=[_selector(s) for s in m.frozen],
-        device="meta" if meta else None,
-        shard=sharding(world, recipe.distributed.units or None) if world is not None and not meta and (world.distributed or per_unit) else None,
-        # The rest of the section is the generator's options (map_model names any it does not know).
-        **_generator_options(m),
-    )
-    model.just_in_time = recipe.distributed.gather == "per-unit" and model.generator.shard is not None
+    plans: list[ShardPlan] = []
+
+    def part(layout):
+        plans.append(ShardPlan.from_layout(layout, world.size, dist.units or None))
+        return part_of(plans[-1], layout, world)
+
+    model = method.build(recipe.mapping, Build(recipe, target, device, part if sharded else None))
+    if sharded:
+        shard(model, plans[-1], world, per_unit=per_unit)
     if meta:
         return model
     _return_freed_memory()
     return model.to(device)
-
-
-def _generator_options(m) -> dict:
-    """The mapping section's `GeneratorConfig` fields (the rest choose the layout or the mode)."""
-    return m.model_dump(include=set(GeneratorConfig.__dataclass_fields__) - {"seed"})
-
-
-def _low_rank_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
-    """``mapping.low_rank``: the LRD add-on, weights generated as rank-r factors (one process, unsharded)."""
-    m = recipe.mapping
-    if world is not None and (world.distributed or recipe.distributed.gather == "per-unit"):
-        raise ValueError("mapping.low_rank runs in one process, unsharded (distributed.gather='whole')")
-    model = low_rank_model(
-        target, m.low_rank, [_selector(s) for s in m.low_rank_tensors], _selectors(m.grouping), m.budget, seed=m.seed,
-        trainable=[_selector(s) for s in m.trainable], frozen=[_selector(s) for s in m.frozen],
-        device="meta" if meta else None, **_generator_options(m),
-    )
-    return model if meta else model.to(device)
-
-
-def _peer_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
-    """``mapping.generator`` ``subspace`` or ``rpg``: a peer method on the same layout (`mapscale.mapping.peers`)."""
-    m = recipe.mapping
-    if (world is not None and world.distributed) or recipe.distributed.gather == "per-unit":
-        raise ValueError(f"mapping.generator={m.generator!r} runs in one process, unsharded (distributed.gather='whole')")
-    options = {"operator": m.operator, "latent_init_std": m.latent_init_std or 0.0} if m.generator == "subspace" else {"constant_init_std": m.constant_init_std}
-    model = peer_model(
-        target, m.generator, _selectors(m.grouping), m.budget, seed=m.seed,
-        trainable=[_selector(s) for s in m.trainable], frozen=[_selector(s) for s in m.frozen],
-        device="meta" if meta else None, **options,
-    )
-    return model if meta else model.to(device)
-
-
-def _adapter_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
-    """``mapping.mode`` ``lora`` / ``vera``: peft adapters on the pretrained target (`mapscale.mapping.adapters`).
-    Built for real even for ``device="meta"`` (peft draws its initial adapters): fine for the targets it tunes."""
-    m = recipe.mapping
-    if (world is not None and world.distributed) or recipe.distributed.gather == "per-unit":
-        raise ValueError(f"mapping.mode={m.mode!r} runs in one process, unsharded (distributed.gather='whole')")
-    tuned = [_selector(s) for s in m.finetune_tuned]
-    if recipe.target.weights is None and not meta:
-        raise ValueError(f"mapping.mode={m.mode!r} adapts pretrained weights, and target.weights is not set for {recipe.target.name}")
-    if recipe.target.weights is not None and not meta:
-        load_pretrained(target, load_state_dict(recipe.target.weights))
-    if meta:  # counts only: peft initialises its adapters, which meta tensors cannot
-        torch.manual_seed(recipe.seed)
-        target = build_target(recipe.target.name, recipe.target.args, None)
-    rank = m.adapter_rank if m.adapter_rank is not None else matching_rank(target, m.mode, m.budget, tuned)[0]
-    model = adapter_model(target, m.mode, rank, tuned, trainable=[_selector(s) for s in m.trainable], seed=m.seed)
-    return model if meta else model.to(device)
-
-
-def _finetuned_model(recipe: Recipe, target: nn.Module, device, world: World | None, meta: bool) -> MappedModel:
-    """``mapping.mode="finetune"``: the pretrained ``target.weights`` loaded (a tuned head may differ in shape
-    and keep its seeded init), then modulated by generated elements (`mapscale.mapping.finetune`)."""
-    m = recipe.mapping
-    if world is not None and (world.distributed or recipe.distributed.gather == "per-unit"):
-        raise ValueError("mapping.mode='finetune' runs in one process, unsharded (distributed.gather='whole')")
-    if recipe.loss.alignment is not None:
-        raise ValueError("loss.alignment is undefined at the zero latent every fine-tuning run starts from; leave it off with mapping.mode='finetune'")
-    tuned = [_selector(s) for s in m.finetune_tuned]
-    if not meta:
-        if recipe.target.weights is None:
-            raise ValueError(
-                f"mapping.mode='finetune' modulates pretrained weights, and target.weights is not set for {recipe.target.name}: "
-                "download them (for torchvision:resnet50, torchvision's IMAGENET1K_V1 file "
-                "https://download.pytorch.org/models/resnet50-0676ba61.pth) and give target.weights=/path/resnet50.pth"
-            )
-        load_pretrained(target, load_state_dict(recipe.target.weights), tuned)
-    model = finetune_model(
-        target, tuned, m.finetune_block_size, m.finetune_form, m.finetune_scale, _selectors(m.grouping), m.budget,
-        seed=m.seed, trainable=[_selector(s) for s in m.trainable], device="meta" if meta else None,
-        modulation=m.modulation, modulation_scale=m.modulation_scale, activation=m.activation, variant=m.variant, operator=m.operator,
-    )
-    return model if meta else model.to(device)
 
 
 def _return_freed_memory() -> None:
@@ -210,16 +120,6 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
-
-
-def _selector(text: str):
-    return re.compile(text[3:]) if text.startswith("re:") else text
-
-
-def _selectors(grouping):
-    if isinstance(grouping, str):
-        return grouping
-    return {g: [_selector(s) for s in ([sel] if isinstance(sel, str) else sel)] for g, sel in grouping.items()}
 
 
 def task_loss(task: str):
@@ -274,20 +174,14 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
 
 # Mapping fields that choose only where the latents start, not the mapping: left out of the fingerprint.
 LATENT_START_FIELDS = {"latent_seed", "latent_from"}
-# Mapping fields added after runs were made, with their defaults: left out of the fingerprint at those defaults,
-# so a run from before them still resumes and still shares its space with new runs.
-LATER_FIELDS = {"generator": "mapping", "adapter_rank": None}
 
 
 def fingerprint(model: MappedModel, recipe: Recipe) -> str:
     """Identifies the mapping: the target's generated tensors (names, shapes), the mapping section (but where the
     latents start, `LATENT_START_FIELDS`) and the target init seed. Runs with equal fingerprints generate weights
-    from the same fixed mapping (`mapscale.space`); the fingerprints of runs before those fields are unchanged."""
+    from the same fixed mapping (`mapscale.space`)."""
     layout = [(g.name, g.latent_dim, [(t.name, list(t.shape)) for t in g.tensors]) for g in model.layout.groups]
     mapping = recipe.mapping.model_dump(mode="json", exclude=LATENT_START_FIELDS)
-    for field, default in LATER_FIELDS.items():
-        if mapping[field] == default:
-            del mapping[field]
     payload = json.dumps([layout, mapping, recipe.target.model_dump(mode="json"), recipe.seed], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -383,14 +277,10 @@ def start_latents(model: MappedModel, path: Path, mapping_id: str) -> None:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved["fingerprint"] != mapping_id:
         raise ValueError(f"mapping.latent_from {path} holds latents of mapping {saved['fingerprint']}, not of this recipe's {mapping_id}: check with `mapscale space --check`")
-    latents = getattr(getattr(model, "generator", None), "latents", None)
-    if latents is None or len(latents) != len(saved["latents"]) or any(z.shape != s.shape for z, s in zip(latents, saved["latents"])):
-        raise ValueError(f"mapping.latent_from {path}: its latents do not fit this model's")
-    with torch.no_grad():
-        for z, value in zip(latents, saved["latents"]):
-            z.copy_(value)
-        for v, value in zip(getattr(model.generator, "modulators", []), saved["latents"]):  # lv-wmap starts v equal to z
-            v.copy_(value)
+    try:
+        model.generator.start_from(saved["latents"])
+    except ValueError as err:
+        raise ValueError(f"mapping.latent_from {path}: {err}") from None
 
 
 def checkpoint_model_state(model: MappedModel) -> dict:
@@ -491,8 +381,8 @@ def train(
         updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world, accumulation)
     metric_name, higher_is_better = PRIMARY[recipe.task]
     mapping_id = fingerprint(model, recipe)
-    if recipe.mapping.latent_from is not None and not resume:
-        start_latents(model, recipe.mapping.latent_from, mapping_id)
+    if recipe.mapping.warm_start() is not None and not resume:
+        start_latents(model, recipe.mapping.warm_start(), mapping_id)
 
     step, best = 0, {}
     log_path = run_dir / "metrics.jsonl"

@@ -10,12 +10,12 @@ chronological (last 20% of rows held out). The paper reports MSE 0.00080 at SLVT
 on scaled data. Not yet measured here.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class AirPollutionLstmSlvt(Recipe):
     task = "regression"
     target = TargetSection(name="paper_lstm", args={"inputs": 67})
-    mapping = MappingSection(grouping="slvt", budget=512, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=512, offset="init")
     data = DataSection(name="timeseries", path=None, target_column="pollution", window=24, horizon=1, standardise_target=True)
     optim = OptimSection(lr=2e-2, epochs=30, batch_size=64)

@@ -9,12 +9,12 @@ ignore), resized to 256x256. The paper reports 97.92% pixel accuracy and 0.4623 
 ranks (``mapscale launch ... --nproc 8``) or lower ``mapping.budget``.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class CityscapesCNN3Slvt(Recipe):
     task = "segmentation"
     target = TargetSection(name="cnn3", args={"classes": 19})
-    mapping = MappingSection(grouping="slvt", budget=8192, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=8192, offset="init")
     data = DataSection(name="segfolder", path=None, image_size=256, channels=3, test_size=0.2)
     optim = OptimSection(lr=2e-2, epochs=20, batch_size=8)

@@ -7,11 +7,11 @@
 79.03% / 79.85% for full training. Not yet measured here (the datasets cannot be shipped).
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class DeepfakeCNN2Lwt(Recipe):
     target = TargetSection(name="cnn2", args={"in_channels": 3, "classes": 2})
-    mapping = MappingSection(grouping="lwt", budget=2688, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=2688, offset="init")
     data = DataSection(name="imagefolder", path=None, image_size=28, channels=3, test_size=0.2)
     optim = OptimSection(lr=5e-2, epochs=10, batch_size=64)

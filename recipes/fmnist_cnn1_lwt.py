@@ -10,11 +10,11 @@ then cached) or from a local image folder. The paper reports 94.83% for LWT 4,07
 88.62% (LWT) and 86.21% (SLVT). Not measured here.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class FmnistCNN1Lwt(Recipe):
     target = TargetSection(name="cnn1")
-    mapping = MappingSection(grouping="lwt", budget=4078, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=4078, offset="init")
     data = DataSection(name="zalando-datasets/fashion_mnist", channels=1, mean=[0.2860], std=[0.3530])
     optim = OptimSection(lr=5e-2, epochs=20, batch_size=128)

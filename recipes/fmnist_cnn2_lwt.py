@@ -8,11 +8,11 @@ once, then cached) or from a local image folder. The paper reports 93.35% (full 
 measured here.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class FmnistCNN2Lwt(Recipe):
     target = TargetSection(name="cnn2")
-    mapping = MappingSection(grouping="lwt", budget=2688, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=2688, offset="init")
     data = DataSection(name="zalando-datasets/fashion_mnist", channels=1, mean=[0.2860], std=[0.3530])
     optim = OptimSection(lr=5e-2, epochs=20, batch_size=128)

@@ -14,7 +14,7 @@ Not a paper experiment: the paper has no transformer.
 
 from pathlib import Path
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, OutputSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection
 
 LAYERS = 12
 
@@ -22,7 +22,7 @@ LAYERS = 12
 class Gpt2SmallLwt(Recipe):
     task = "language_modeling"
     target = TargetSection(name="gpt2")
-    mapping = MappingSection(
+    mapping = MappingMethod(
         grouping={"embeddings": ["wte.*", "wpe.*"], **{f"block{i}": [f"h.{i}.*"] for i in range(LAYERS)}, "ln_f": ["ln_f.*"]},
         budget=4096,
         operator="structured",

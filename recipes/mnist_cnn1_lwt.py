@@ -7,11 +7,11 @@ The paper reports 99.67% on full MNIST and 94.83% on Fashion-MNIST for CNN1 LWT 
 reproductions: 88.62% on Fashion-MNIST). Not yet measured on the shipped subset.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class MnistCNN1Lwt(Recipe):
     target = TargetSection(name="cnn1")
-    mapping = MappingSection(grouping="lwt", budget=4078, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=4078, offset="init")
     data = DataSection(name="shipped_mnist", test_size=1000)
     optim = OptimSection(lr=5e-2, epochs=8, batch_size=64)

@@ -8,11 +8,11 @@ The paper reports 99.56% on full MNIST (98.78% at 1,024; full training 99.32%). 
 shipped subset. The dense mapping holds 537,994 x 2,072 floats (4.2 GiB).
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class MnistCNN1Slvt(Recipe):
     target = TargetSection(name="cnn1")
-    mapping = MappingSection(grouping="slvt", budget=2072, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=2072, offset="init")
     data = DataSection(name="shipped_mnist", test_size=1000)
     optim = OptimSection(lr=5e-2, epochs=8, batch_size=64)

@@ -9,11 +9,11 @@ weights (``offset="init"``), against 93.9% for pure generation (``offset="mean"`
 under 5 minutes.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class MnistCNN2(Recipe):
     target = TargetSection(name="cnn2")
-    mapping = MappingSection(grouping="slvt", budget=2048, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=2048, offset="init")
     data = DataSection(name="shipped_mnist", test_size=1000)
     optim = OptimSection(lr=5e-2, epochs=8, batch_size=64)

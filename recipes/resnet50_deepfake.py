@@ -11,12 +11,12 @@ ResNet50 at 2,048 holds 6.23 GiB (6.7 GB) of fixed weights: use a GPU, or shard 
 with the stage units below, see ``mapscale inspect recipes/resnet50_deepfake.py --world-size 8``).
 """
 
-from mapscale.recipe import DataSection, DistributedSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, DistributedSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class Resnet50Deepfake(Recipe):
     target = TargetSection(name="torchvision:resnet50", args={"num_classes": 2})
-    mapping = MappingSection(grouping="lwt", budget=2048)
+    mapping = MappingMethod(grouping="lwt", budget=2048)
     data = DataSection(name="imagefolder", path=None, image_size=224, channels=3, test_size=0.2)
     optim = OptimSection(lr=2e-2, epochs=10, batch_size=32)
     # One sharding unit per ResNet stage: balances the mapping across ranks better than one whole-model unit

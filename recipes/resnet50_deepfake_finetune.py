@@ -13,14 +13,11 @@ sub-folder per class (``real/``, ``fake/``). The paper's fine-tuning table repor
 ``layer4`` + ``fc``, L = 250: 92.10 / 89.23 (its two deepfake benchmarks); not yet measured here.
 """
 
-from mapscale.recipe import DataSection, MappingSection, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, FinetuneMethod, OptimSection, Recipe, TargetSection
 
 
 class Resnet50DeepfakeFinetune(Recipe):
     target = TargetSection(name="torchvision:resnet50", args={"num_classes": 2}, weights=None)
-    mapping = MappingSection(
-        mode="finetune", grouping="slvt", budget=1024,
-        finetune_tuned=["layer4.*", "fc.*"], finetune_block_size=250, finetune_form="additive",
-    )
+    mapping = FinetuneMethod(grouping="slvt", budget=1024, tuned=["layer4.*", "fc.*"], block_size=250, form="additive")
     data = DataSection(name="imagefolder", path=None, image_size=224, channels=3, test_size=0.2)
     optim = OptimSection(lr=2e-2, epochs=5, batch_size=32)

@@ -30,13 +30,13 @@ CASES: dict[str, list[str]] = {
     "lv_wmap": [*SMALL, "mapping.offset=mean", "mapping.variant=lv-wmap"],
     "loss_terms": [*SMALL, "mapping.grouping=lwt", "mapping.offset=mean", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5", "loss.time_terms=false"],
     "structured": [*SMALL, "mapping.operator=structured", "optim.lr=0.3"],
-    "subspace": [*SMALL, "mapping.generator=subspace", "mapping.operator=seeded"],
-    "rpg": [*SMALL, "mapping.generator=rpg", "mapping.grouping=lwt"],
-    "finetune": [*SMALL, "mapping.mode=finetune", "mapping.budget=64", f"target.weights={PRETRAINED}"],
+    "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded"],
+    "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt"],
+    "finetune": [*SMALL, "mapping.method=finetune", "mapping.budget=64", f"target.weights={PRETRAINED}"],
     "lowrank": [*SMALL, "mapping.low_rank=8"],
-    "full": [*SMALL, "mapping.mode=full", "optim.lr=1e-3"],
-    "lora": [*SMALL, "mapping.mode=lora", "mapping.adapter_rank=1", 'mapping.finetune_tuned=["7.*","9.*"]', f"target.weights={PRETRAINED}"],
-    "vera": [*SMALL, "mapping.mode=vera", "mapping.adapter_rank=4", 'mapping.finetune_tuned=["7.*","9.*"]', f"target.weights={PRETRAINED}"],
+    "full": [*SMALL[:-1], "mapping.method=full", "optim.lr=1e-3"],  # full training has no budget
+    "lora": [*SMALL, "mapping.method=lora", "mapping.rank=1", 'mapping.tuned=["7.*","9.*"]', f"target.weights={PRETRAINED}"],
+    "vera": [*SMALL, "mapping.method=vera", "mapping.rank=4", 'mapping.tuned=["7.*","9.*"]', f"target.weights={PRETRAINED}"],
 }
 # 2 ranks under torchrun (gloo), recorded from the 2-rank run itself
 TORCHRUN_CASES: dict[str, list[str]] = {

@@ -8,6 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the ranks are spawned processes: they import the bench by this name
 
 import distributed as bench  # noqa: E402
+import pytest
+
+pytestmark = pytest.mark.distributed  # several local processes (gloo): `pytest -m distributed`
 
 
 def test_distributed_bench_quick(capsys, tmp_path):

@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 TINY = '''"""A tiny recipe for the CLI tests."""
-from mapscale.recipe import DataSection, MappingSection, OptimSection, OutputSection, Recipe
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe
 
 
 class Tiny(Recipe):
-    mapping = MappingSection(grouping="lwt", budget=64)
+    mapping = MappingMethod(grouping="lwt", budget=64)
     data = DataSection(name="shipped_mnist", max_examples=192)
     optim = OptimSection(lr=5e-2, epochs=2, batch_size=32)
     output = OutputSection(root="{root}", run_name="tiny", log_every=1, progress=False)
@@ -108,9 +108,10 @@ def test_inspect_and_dry_run_show_the_layout(tiny):
     assert shown.exit_code == 0, shown.output
     assert "23,512,130" in shown.output  # resnet50 with a 2-class head: 25,557,032 - 2,049,000 + 4,098
     assert "world size 8" in shown.output and "trainable parameters" in shown.output
-    # The plan: one row per stage unit, each rank's mapping bytes; the heaviest rank's agrees with ShardPlan.
+    # The plan: one row per stage unit; each rank's fixed state from its generator, built on meta: the heaviest
+    # rank's 0.879 GiB is what ShardPlan's row count gave before (the dense mapping rows it owns).
     assert "sharding plan over 8 ranks" in shown.output and "layer4" in shown.output
-    assert "mapping on the heaviest rank, world size 8 │ 0.879 GiB" in shown.output
+    assert "fixed state on the heaviest rank, world size 8 │ 0.879 GiB" in shown.output
     dry = invoke("train", tiny, "--dry-run")
     assert dry.exit_code == 0 and "groups" in dry.output
     # Invariant 2: the printed trainable count is what the optimiser updates (+2 learned loss weights here).

@@ -6,6 +6,9 @@ import torch
 from distributed_helpers import run_ranks
 
 from mapscale.distributed.collectives import gather_rows
+import pytest
+
+pytestmark = pytest.mark.distributed  # several local processes (gloo): `pytest -m distributed`
 
 CHUNK = 5
 

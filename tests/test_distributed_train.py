@@ -13,6 +13,8 @@ import torch
 from mapscale.recipe import load_recipe
 from mapscale.train import load_checkpoint, train
 
+pytestmark = pytest.mark.distributed  # several local processes (gloo): `pytest -m distributed`
+
 RECIPE = Path(__file__).parents[1] / "recipes" / "mnist_cnn2.py"
 STEPS = 5
 COMMON = [

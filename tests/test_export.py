@@ -19,12 +19,12 @@ from mapscale.targets import small_mnist_cnn
 
 # Grey 28x28 images in two class folders: a run trains in about a second (the shipped MNIST takes ~5 s to parse).
 TINY = '''"""A tiny recipe for the export tests."""
-from mapscale.recipe import DataSection, MappingSection, OptimSection, OutputSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection
 
 
 class Tiny(Recipe):
     target = TargetSection(name="small_mnist_cnn", args={{"classes": 2}})
-    mapping = MappingSection(grouping="lwt", budget=64)
+    mapping = MappingMethod(grouping="lwt", budget=64)
     data = DataSection(name="imagefolder", path="{folder}", channels=1, image_size=28, test_size=4)
     optim = OptimSection(lr=5e-2, max_steps=2, batch_size=8)
     output = OutputSection(root="{root}", run_name="tiny", log_every=1, progress=False)

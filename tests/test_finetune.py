@@ -39,9 +39,9 @@ def test_starts_exactly_at_pretrained_and_only_latents_learn(form):
     assert isinstance(model, MappedModel)
     with torch.no_grad():
         assert torch.equal(model(X), reference(X)), "step 0 must be the pretrained model, bit for bit"
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"generator.elements.latents.0"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"generator.latents.0"}
     state = model.state_dict()
-    assert "generator.elements.latents.0" in state and not any("pretrained" in k for k in state)
+    assert "generator.latents.0" in state and not any("pretrained" in k for k in state)
 
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     buffers_before = {n: b.clone() for n, b in model.named_buffers()}
@@ -100,7 +100,8 @@ def test_materialize_loads_into_the_plain_class_and_losses_run():
     assert model.generator.latents[0].grad.abs().sum() > 0
     # The smoothness term estimates ||d w / d z||_F² of the final (tuned) weights.
     z = model.generator.latents[0].detach()
-    exact = torch.autograd.functional.jacobian(lambda v: model.generator.generate_group(0, v), z).square().sum()
+    final = lambda v: torch.cat([t.reshape(-1) for t in model.generator([v]).values()])  # noqa: E731 (one group: SLVT)
+    exact = torch.autograd.functional.jacobian(final, z).square().sum()
     estimate = hutchinson_jacobian_sq_norm(model, 400, torch.Generator().manual_seed(0))
     assert estimate.item() == pytest.approx(exact.item(), rel=0.1)
     with torch.no_grad():
@@ -129,19 +130,19 @@ def test_load_pretrained_keeps_a_tuned_head_of_another_shape():
 
 def test_recipe_validation_and_the_missing_weights_message():
     recipe = load_recipe("recipes/resnet50_deepfake_finetune.py")
-    assert recipe.mapping.mode == "finetune" and recipe.mapping.finetune_block_size == 250
+    assert recipe.mapping.method == "finetune" and recipe.mapping.block_size == 250
     meta = build_model(recipe, "meta")  # what `mapscale inspect` builds
     assert meta.num_trainable() == 1024 and meta.layout.num_generated == 59_902
     with pytest.raises(ValueError, match="target.weights=/path/resnet50.pth"):
         build_model(recipe)
-    with pytest.raises(ValueError, match="loss.alignment is undefined at the zero latent"):
-        build_model(apply_overrides(recipe, ["loss.alignment=0.1"]), "meta")
     from mapscale.recipe import RecipeError
 
-    with pytest.raises(RecipeError, match="apply only with mapping.mode='finetune'"):
-        apply_overrides(recipe, ["mapping.mode=generate"])
-    with pytest.raises(RecipeError, match="finetune_block_size: Input should be greater than or equal to 1"):
-        apply_overrides(recipe, ["mapping.finetune_block_size=0"])
+    with pytest.raises(RecipeError, match="loss.alignment is undefined at the zero latent"):  # refused before anything is built
+        apply_overrides(recipe, ["loss.alignment=0.1"])
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.offset': mapping \(method 'finetune'\) has no 'offset'"):
+        apply_overrides(recipe, ["mapping.offset=mean"])
+    with pytest.raises(RecipeError, match="mapping.block_size: Input should be greater than or equal to 1"):
+        apply_overrides(recipe, ["mapping.block_size=0"])
 
 
 def test_train_two_steps_on_mnist_starts_at_pretrained_and_resumes(tmp_path):
@@ -149,7 +150,7 @@ def test_train_two_steps_on_mnist_starts_at_pretrained_and_resumes(tmp_path):
     weights = tmp_path / "cnn2.pt"
     torch.save(cnn2().state_dict(), weights)
     recipe = apply_overrides(load_recipe("recipes/mnist_cnn2.py"), [
-        "mapping.mode=finetune", "mapping.finetune_tuned=[\"3.*\", \"7.*\", \"9.*\"]", "mapping.finetune_block_size=25",
+        "mapping.method=finetune", "mapping.tuned=[\"3.*\", \"7.*\", \"9.*\"]", "mapping.block_size=25",
         "mapping.budget=64", f"target.weights={weights}", "data.max_examples=64", "optim.batch_size=32",
         "optim.max_steps=2", "optim.schedule=constant", f"output.root={tmp_path}", "output.log_every=1", "output.progress=false",
     ])
@@ -172,7 +173,7 @@ def test_train_two_steps_on_mnist_starts_at_pretrained_and_resumes(tmp_path):
     assert sorted(losses(tmp_path / "straight")) == [1, 2]
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     checkpoint = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
-    assert "generator.elements.latents.0" in checkpoint
+    assert "generator.latents.0" in checkpoint
     assert not any(k.startswith("target.") and k.endswith(("weight", "bias")) for k in checkpoint), "pretrained weights are re-read, never checkpointed"
     _, loaded, _ = load_run(tmp_path / "straight")
     assert loaded.generator.latents[0].abs().sum() > 0

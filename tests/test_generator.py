@@ -17,7 +17,7 @@ def test_additive_modulation_is_eq_20_as_printed(seeded):
     z, weight = gen.latents[0].detach(), gen.operators[0].weight
     modulated = weight + 0.3 * z[:, None]  # w_ij <- w_ij + alpha z_i, every j
     expected = modulated.T @ z
-    torch.testing.assert_close(gen.raw(0).detach(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gen.raw_piece(0).detach(), expected, rtol=1e-5, atol=1e-4)
     # ... which is W^T z + alpha ||z||^2 on every output: one scalar offset.
     torch.testing.assert_close(expected, weight.T @ z + 0.3 * z.dot(z), rtol=1e-5, atol=1e-4)
 
@@ -26,14 +26,14 @@ def test_multiplicative_modulation_scales_each_latent_row(seeded):
     gen, _ = make_generator(seeded(mlp), modulation="multiplicative", modulation_scale=0.3)
     z, weight = gen.latents[0].detach(), gen.operators[0].weight
     modulated = weight * (1 + 0.3 * z[:, None])  # w_ij <- w_ij (1 + alpha z_i)
-    torch.testing.assert_close(gen.raw(0).detach(), modulated.T @ z, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gen.raw(0).detach(), weight.T @ (z + 0.3 * z**2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gen.raw_piece(0).detach(), modulated.T @ z, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gen.raw_piece(0).detach(), weight.T @ (z + 0.3 * z**2), rtol=1e-5, atol=1e-5)
 
 
 def test_no_modulation_is_plain_projection(seeded):
     gen, _ = make_generator(seeded(mlp), modulation="none")
     z, weight = gen.latents[0].detach(), gen.operators[0].weight
-    torch.testing.assert_close(gen.raw(0).detach(), weight.T @ z)
+    torch.testing.assert_close(gen.raw_piece(0).detach(), weight.T @ z)
 
 
 def init_std_ratios(net_factory, seeded, **options):

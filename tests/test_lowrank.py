@@ -31,7 +31,7 @@ def test_products_have_the_targets_shapes_rank_and_spread_and_only_latents_learn
     init_std = plain.get_parameter("7.weight").std().item()
     assert 0.5 * init_std < weights["7.weight"].std().item() < 2 * init_std
     model(torch.randn(3, 1, 28, 28)).sum().backward()
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["generator.factors.latents.0"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["generator.latents.0"]
     assert model.generator.latents[0].grad.abs().sum() > 0
     state = model.materialize()
     cnn2().load_state_dict(state, strict=True)  # the products load into the plain class
@@ -40,7 +40,7 @@ def test_products_have_the_targets_shapes_rank_and_spread_and_only_latents_learn
 def test_default_factors_every_weight_that_gets_smaller_and_bad_input_is_refused():
     torch.manual_seed(0)
     model = low_rank_model(cnn2(), 4, budget=64)
-    factored = set(model.generator.factored)
+    factored = set(model.generator.assembly.factored)
     assert factored == {"0.weight", "3.weight", "7.weight", "9.weight"}  # 16x9 at rank 4: 100 < 144
     with pytest.raises(ValueError, match="rank must be an int >= 1"):
         low_rank_model(cnn2(), 0)

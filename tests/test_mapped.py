@@ -119,7 +119,9 @@ def test_repr_and_counts(seeded):
     mapped = mapscale.map_model(seeded(SmallCNN), "lwt", 100)
     text = repr(mapped)
     assert "trainable=100" in text and "Conv2d(1, 8" in text
-    assert mapped.mapping_bytes() == mapped.layout.mapping_numel * 4
+    # the dense fp32 mapping, and per tensor its 4 calibration constants (fp32) and element count (int64)
+    constants = sum((4 * 4 + 8) * len(group.tensors) for group in mapped.layout.groups)
+    assert mapped.fixed_bytes() == mapped.layout.mapping_numel * 4 + constants
 
 
 def test_unknown_option_is_named():

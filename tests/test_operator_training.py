@@ -8,7 +8,7 @@ from torch import nn
 
 import mapscale
 from mapscale.mapping.operators import DenseOperator
-from mapscale.recipe import DataSection, LossSection, MappingSection, OptimSection, OutputSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, LossSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection
 from mapscale.train import train, write_run_files
 
 GIB = 2**30
@@ -21,7 +21,7 @@ def test_a_target_needing_a_22_gib_dense_mapping_trains_in_megabytes_with_the_st
     dense_bytes = DenseOperator.storage_bytes(2048, params)
     assert dense_bytes > 20 * GIB  # 2,628,362 x 2,048 x 4 B = 20.05 GiB
     model = mapscale.map_model(target, "slvt", 2048, seed=0, operator="structured", offset="init")
-    assert model.mapping_bytes() < 2 * GIB and model.mapping_bytes() < 0.01 * dense_bytes
+    assert model.fixed_bytes() < 2 * GIB and model.fixed_bytes() < 0.01 * dense_bytes
     x, y = torch.randn(64, 512), torch.randint(0, 10, (64,))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -38,7 +38,7 @@ def test_a_target_needing_a_22_gib_dense_mapping_trains_in_megabytes_with_the_st
 def test_the_trainer_runs_every_mapping_loss_term_through_a_never_stored_operator(operator, tmp_path):
     class Tiny(Recipe):
         target = TargetSection(name="small_mnist_cnn")
-        mapping = MappingSection(grouping="lwt", budget=64, operator=operator)
+        mapping = MappingMethod(grouping="lwt", budget=64, operator=operator)
         loss = LossSection(stability=0.1, smoothness=0.1, alignment=0.1)
         data = DataSection(name="shipped_mnist", test_size=0.5, max_examples=256)
         optim = OptimSection(epochs=1, batch_size=64)

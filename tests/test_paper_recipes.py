@@ -58,7 +58,7 @@ def test_full_training_baseline_trains_every_parameter_through_the_same_trainer(
     from mapscale.report import summarize
     from mapscale.targets import build_target
 
-    overrides = [f"output.root={tmp_path}", "output.run_name=full", "optim.max_steps=3", "output.progress=false", "mapping.mode=full", "optim.lr=1e-3", "data.max_examples=300"]
+    overrides = [f"output.root={tmp_path}", "output.run_name=full", "optim.max_steps=3", "output.progress=false", "mapping.method=full", "optim.lr=1e-3", "data.max_examples=300"]
     recipe = load_recipe(RECIPES / "mnist_cnn2.py", overrides)
     write_run_files(tmp_path / "full", recipe, None, overrides)
     result = train(recipe, tmp_path / "full")
@@ -70,6 +70,6 @@ def test_full_training_baseline_trains_every_parameter_through_the_same_trainer(
     trained = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
     assert trained.keys() == {f"target.{name}" for name in init}
     assert all(not torch.equal(trained[f"target.{name}"], value) for name, value in init.items())
-    for bad, match in [("loss.stability=0.1", "act on latents"), ("mapping.variant=lv-wmap", "do not apply")]:
+    for bad, match in [("loss.stability=0.1", "act on latents"), ("mapping.variant=lv-wmap", r"unknown key 'mapping.variant': mapping \(method 'full'\) has no 'variant'")]:
         with pytest.raises(RecipeError, match=match):
             load_recipe(RECIPES / "mnist_cnn2.py", [*overrides, bad])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mapscale.mapping.adapters import adapter_model, matching_rank
-from mapscale.mapping.peers import ring_assignment, storage_bytes
-from mapscale.recipe import MappingSection, Recipe, RecipeError, TargetSection, apply_overrides, load_recipe
+from mapscale.mapping.peers import ring_assignment
+from mapscale.recipe import FullMethod, LoraMethod, Recipe, RecipeError, RpgMethod, SubspaceMethod, TargetSection, VeraMethod, apply_overrides, load_recipe
 from mapscale.targets import cnn2
 from mapscale.train import build_model, load_run, train, write_run_files
 
@@ -16,7 +16,8 @@ CNN2_SHAPES = {n: tuple(p.shape) for n, p in cnn2().named_parameters()}
 
 
 def _peer(generator: str, grouping: str = "slvt", budget: int = 1024, **mapping) -> Recipe:
-    return Recipe(target=TargetSection(name="cnn2"), mapping=MappingSection(generator=generator, grouping=grouping, budget=budget, **mapping))
+    section = {"subspace": SubspaceMethod, "rpg": RpgMethod}[generator]
+    return Recipe(target=TargetSection(name="cnn2"), mapping=section(grouping=grouping, budget=budget, **mapping))
 
 
 def _trainable(model) -> dict[str, int]:
@@ -33,8 +34,10 @@ def test_peers_train_only_their_budget_and_generate_the_target_shapes(generator,
     assert len(trainable) == (1 if grouping == "slvt" else 4)  # CNN2 has 4 modules owning weights
     generated = model.generated_tensors()
     assert {n: tuple(t.shape) for n, t in generated.items()} == CNN2_SHAPES
-    held = sum(storage_bytes(generator, g.latent_dim, g.numel) for g in model.layout.groups)
-    assert model.mapping_bytes() == held  # what `mapscale inspect` reports without building
+    # subspace: the dense projection and theta0 (fp32); rpg: int64 ring positions, fp32 scales and shifts
+    per_weight = {"subspace": lambda g: 4 * g.latent_dim * g.numel + 4 * g.numel, "rpg": lambda g: 16 * g.numel}[generator]
+    assert model.fixed_bytes() == sum(per_weight(g) for g in model.layout.groups)
+    assert build_model(_peer(generator, grouping, 1024), "meta").fixed_bytes() == model.fixed_bytes()  # what `mapscale inspect` reports
     model(X).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
 
@@ -85,14 +88,14 @@ def test_rpg_weights_are_signed_ring_entries_with_the_init_statistics():
 
 def test_peer_recipes_refuse_the_methods_own_fields():
     recipe = load_recipe("recipes/mnist_cnn2.py")
-    with pytest.raises(RecipeError, match=r"\['modulation'\] belong to the mapping method"):
-        apply_overrides(recipe, ["mapping.generator=rpg", "mapping.modulation=additive"])
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.modulation': mapping \(method 'rpg'\) has no 'modulation'"):
+        apply_overrides(recipe, ["mapping.method=rpg", "mapping.modulation=additive"])
     with pytest.raises(RecipeError, match="trains on the task loss alone"):
-        apply_overrides(recipe, ["mapping.generator=subspace", "loss.stability=0.1"])
-    with pytest.raises(RecipeError, match="needs mapping.mode='generate'"):
-        apply_overrides(recipe, ["mapping.generator=subspace", "mapping.mode=full"])
-    with pytest.raises(RecipeError, match="adapter_rank applies only"):
-        apply_overrides(recipe, ["mapping.adapter_rank=2"])
+        apply_overrides(recipe, ["mapping.method=subspace", "loss.stability=0.1"])
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.rank': mapping \(method 'mapping'\) has no 'rank'"):
+        apply_overrides(recipe, ["mapping.rank=2"])
+    switched = apply_overrides(recipe, ["mapping.method=rpg"])  # the recipe's grouping and budget carry over, offset does not
+    assert (switched.mapping.method, switched.mapping.grouping, switched.mapping.budget) == ("rpg", "slvt", 2048)
 
 
 @pytest.mark.parametrize("method", ["lora", "vera"])
@@ -103,7 +106,7 @@ def test_adapters_match_the_budget_start_at_pretrained_and_export_merged(method,
     torch.save(pretrained.state_dict(), weights)
     recipe = Recipe(
         target=TargetSection(name="cnn2", weights=weights),
-        mapping=MappingSection(mode=method, budget=2048, finetune_tuned=["7.*", "9.*"]),
+        mapping={"lora": LoraMethod, "vera": VeraMethod}[method](budget=2048, tuned=["7.*", "9.*"]),
     )
     model = build_model(recipe).eval()
     rank, count = matching_rank(cnn2(), method, 2048, ["7.*", "9.*"])
@@ -130,7 +133,7 @@ def test_adapters_refuse_layers_they_cannot_adapt():
 
 
 def test_linear_probe_is_full_mode_with_everything_but_the_head_frozen():
-    recipe = Recipe(target=TargetSection(name="cnn2"), mapping=MappingSection(mode="full", frozen=["0.*", "3.*", "7.*"]))
+    recipe = Recipe(target=TargetSection(name="cnn2"), mapping=FullMethod(frozen=["0.*", "3.*", "7.*"]))
     model = build_model(recipe)
     assert _trainable(model) == {"target.9.weight": 1280, "target.9.bias": 10}
 
@@ -142,9 +145,9 @@ def test_peers_and_adapters_train_checkpoint_and_reload_through_the_trainer(tmp_
     base = ["data.max_examples=64", "optim.batch_size=32", "optim.max_steps=2", "optim.schedule=constant",
             f"output.root={tmp_path}", "output.log_every=1", "output.progress=false"]
     runs = {
-        "subspace": ["mapping.generator=subspace", "mapping.budget=256"],
-        "rpg": ["mapping.generator=rpg", "mapping.budget=256", "mapping.grouping=lwt"],
-        "lora": ["mapping.mode=lora", "mapping.adapter_rank=1", "mapping.finetune_tuned=[\"7.*\", \"9.*\"]", f"target.weights={weights}"],
+        "subspace": ["mapping.method=subspace", "mapping.budget=256"],
+        "rpg": ["mapping.method=rpg", "mapping.budget=256", "mapping.grouping=lwt"],
+        "lora": ["mapping.method=lora", "mapping.rank=1", "mapping.tuned=[\"7.*\", \"9.*\"]", f"target.weights={weights}"],
     }
     for name, overrides in runs.items():
         recipe = apply_overrides(load_recipe("recipes/mnist_cnn2.py"), overrides + base)
@@ -166,5 +169,5 @@ def test_alignment_is_refused_where_the_latents_start_at_zero():
         apply_overrides(recipe, ["loss.alignment=0.01"])
     apply_overrides(recipe, ["loss.alignment=0.01", "mapping.offset=mean"])
     apply_overrides(recipe, ["loss.alignment=0.01", "mapping.latent_init_std=0.5"])
-    with pytest.raises(RecipeError, match="starts its own"):
-        apply_overrides(recipe, ["mapping.generator=subspace", "mapping.latent_seed=3"])
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.latent_seed': mapping \(method 'subspace'\)"):
+        apply_overrides(recipe, ["mapping.method=subspace", "mapping.latent_seed=3"])

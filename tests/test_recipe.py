@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mapscale.recipe import MappingSection, OptimSection, Recipe, RecipeError, apply_overrides, load_recipe
+from mapscale.recipe import Recipe, RecipeError, apply_overrides, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.py"))
 
@@ -15,11 +15,11 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 BASE = """
-from mapscale.recipe import Recipe, MappingSection, OptimSection
+from mapscale.recipe import Recipe, MappingMethod, OptimSection
 
 class Base(Recipe):
     '''A base recipe.'''
-    mapping = MappingSection(grouping="lwt", budget=512)
+    mapping = MappingMethod(grouping="lwt", budget=512)
     optim = OptimSection(lr=1e-2, epochs=2)
 """
 
@@ -28,8 +28,8 @@ def test_a_recipe_file_defines_one_subclass_and_subclasses_override_sections(tmp
     base = load_recipe(write(tmp_path, "base.py", BASE))
     assert base.name == "Base" and base.mapping.budget == 512 and base.optim.epochs == 2
     assert base.data.name == "shipped_mnist"  # untouched sections keep their defaults
-    child = write(tmp_path, "child.py", "from base import Base\nfrom mapscale.recipe import MappingSection\n\n"
-                  "class Bigger(Base):\n    mapping = MappingSection(grouping='slvt', budget=4096)\n")
+    child = write(tmp_path, "child.py", "from base import Base\nfrom mapscale.recipe import MappingMethod\n\n"
+                  "class Bigger(Base):\n    mapping = MappingMethod(grouping='slvt', budget=4096)\n")
     bigger = load_recipe(child)  # imports its neighbour, and only Bigger is defined here
     assert bigger.name == "Bigger" and bigger.mapping.budget == 4096 and bigger.optim.lr == 1e-2
 
@@ -44,7 +44,7 @@ def test_overrides_are_validated_with_clear_messages():
     changed = apply_overrides(recipe, ["optim.lr=3e-3", "mapping.budget=4096", "mapping.grouping=lwt", "target.args={\"classes\": 2}"])
     assert changed.optim.lr == 3e-3 and changed.mapping.budget == 4096 and changed.mapping.grouping == "lwt"
     assert changed.target.args == {"classes": 2} and recipe.optim.lr == 5e-2  # the original is untouched
-    with pytest.raises(RecipeError, match=r"unknown key 'mapping.budgt': mapping has no 'budgt'. Did you mean 'budget'\? Valid keys: activation, adapter_rank, budget"):
+    with pytest.raises(RecipeError, match=r"unknown key 'mapping.budgt': mapping \(method 'mapping'\) has no 'budgt'. Did you mean 'budget'\? Valid keys: activation, budget"):
         apply_overrides(recipe, ["mapping.budgt=4"])
     with pytest.raises(RecipeError, match=r"optim.lr: Input should be a valid number.*got 'fast'"):
         apply_overrides(recipe, ["optim.lr=fast"])

@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TINY = '''"""A tiny recipe for the report tests."""
-from mapscale.recipe import DataSection, MappingSection, OptimSection, OutputSection, Recipe
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe
 
 
 class Tiny(Recipe):
-    mapping = MappingSection(grouping="lwt", budget=64)
+    mapping = MappingMethod(grouping="lwt", budget=64)
     data = DataSection(name="shipped_mnist", max_examples=96)
     optim = OptimSection(lr=5e-2, epochs=1, batch_size=32, max_steps=2)
     output = OutputSection(root="{root}", run_name="tiny", log_every=1, eval_every=1, progress=False)

@@ -6,25 +6,35 @@ from conftest import LSTMRegressor, SmallCNN, TiedLM
 from distributed_helpers import run_ranks
 
 import mapscale
-from mapscale.distributed import World, sharding
+from mapscale.distributed import ShardPlan, World, part_of, shard
+
+pytestmark = pytest.mark.distributed  # several local processes (gloo): `pytest -m distributed`
 
 FACTORIES = {"cnn": SmallCNN, "lstm": LSTMRegressor, "tied": TiedLM}
 
 
-def build(factory: str, grouping: str, world=None, units=None, **options):
+def build(factory: str, grouping: str, world=None, units=None, per_unit=False, **options):
     torch.manual_seed(0)
     target = FACTORIES[factory]()
-    shard = None if world is None else sharding(world, units)
-    return mapscale.map_model(target, grouping, 96, seed=3, shard=shard, **options)
+    if world is None:
+        return mapscale.map_model(target, grouping, 96, seed=3, **options)
+    plans = []
+
+    def part(layout):
+        plans.append(ShardPlan.from_layout(layout, world.size, units))
+        return part_of(plans[-1], layout, world)
+
+    model = mapscale.map_model(target, grouping, 96, seed=3, part=part, **options)
+    return shard(model, plans[-1], world, per_unit=per_unit)
 
 
 def generate_on_rank(rank, world_size, factory, grouping, units, options):
     model = build(factory, grouping, World.from_env(), units, **options)
-    out = {name: t.detach() for name, t in model.generator().items()}
+    out = {name: t.detach() for name, t in model.generated_tensors().items()}
     row_means = [model.generator.modulated_row_means(i).detach() for i in range(len(model.layout.groups))]
     jacobian = [model.generator.jacobian_sq_norm(i) for i in range(len(model.layout.groups))]
     jacobian = [None if j is None else j.detach() for j in jacobian]
-    return out, row_means, jacobian, model.mapping_bytes()
+    return out, row_means, jacobian, model.fixed_bytes()
 
 
 CASES = [
@@ -57,37 +67,39 @@ def test_two_ranks_generate_the_single_process_weights(factory, grouping, units,
                     torch.testing.assert_close(norm, reference, rtol=1e-5, atol=0)
     held = [r[3] for r in results]
     if options.get("operator", "dense") != "dense":
-        assert max(held) <= single.mapping_bytes()  # what a never-stored operator keeps is not split by rows
+        assert max(held) <= single.fixed_bytes()  # what a never-stored operator keeps is not split by rows
         return
-    # Invariant 5: each rank holds its half of the mapping (measured from the tensors it allocated).
-    assert sum(held) == single.mapping_bytes()
-    assert max(held) <= 0.5 * single.mapping_bytes() * 1.3
+    # Invariant 5: each rank holds its half of the mapping (measured from the tensors it allocated); only the
+    # per-tensor calibration constants (4 fp32 and an int64 element count a tensor) are on every rank.
+    constants = sum((4 * 4 + 8) * len(group.tensors) for group in single.layout.groups)
+    assert sum(held) == single.fixed_bytes() + constants
+    assert max(held) <= 0.5 * single.fixed_bytes() * 1.3
 
 
 def test_full_dnn_variants_refuse_sharding():
-    with pytest.raises(ValueError, match="cannot be sharded"):
+    with pytest.raises(ValueError, match="cannot be split into parts"):
         build("cnn", "slvt", World(rank=0, size=1), variant="full-dnn")
 
 
 def train_steps_on_rank(rank, world_size, just_in_time):
     """Two SGD steps of SmallCNN (BatchNorm included) on this rank's half of a fixed batch; returns the
     losses, final latents, BatchNorm statistics and the peak bytes of gathered tensors alive at once."""
-    import dataclasses
     import weakref
 
-    model = build("cnn", "lwt", World.from_env(), ["conv1", "bn1", "conv2", "bn2", "fc"])
-    model.just_in_time = just_in_time
+    from mapscale.distributed import sharded
+
+    model = build("cnn", "lwt", World.from_env(), ["conv1", "bn1", "conv2", "bn2", "fc"], per_unit=just_in_time)
     live, peak = [0], [0]
 
-    def tracked_gather(index, local, gather=model.generator.shard.gather):
-        out = gather(index, local).clone()  # a base tensor: alive while any view of it (a unit's tensors) is
+    def tracked_gather(plan, index, local, group=None, gather=sharded.gather_unit):
+        out = gather(plan, index, local, group).clone()  # a base tensor: alive while any view of it (a unit's tensors) is
         size = out.numel() * out.element_size()
         live[0] += size
         peak[0] = max(peak[0], live[0])
         weakref.finalize(out, lambda: live.__setitem__(0, live[0] - size))
         return out
 
-    model.generator.shard = dataclasses.replace(model.generator.shard, gather=tracked_gather)
+    sharded.gather_unit = tracked_gather  # this worker process only
     optimizer = torch.optim.SGD(model.generator.latents, lr=0.5)
     inputs = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     targets = torch.arange(8) % 10
@@ -124,8 +136,7 @@ def test_per_unit_gather_matches_whole_gather_with_lower_peak_memory():
 def test_per_unit_gathering_in_one_process_equals_the_plain_model():
     """A shard of size 1 needs no process group: per-unit generation with recomputation, same gradients."""
     plain = build("cnn", "lwt")
-    per_unit = build("cnn", "lwt", World(), ["conv1", "bn1", "conv2", "bn2", "fc"])
-    per_unit.just_in_time = True
+    per_unit = build("cnn", "lwt", World(), ["conv1", "bn1", "conv2", "bn2", "fc"], per_unit=True)
     inputs = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     for model in (plain, per_unit):
         model.train()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mapscale.cli import app
 from mapscale.data import build_datasets
-from mapscale.recipe import DataSection, MappingSection, OptimSection, OutputSection, Recipe, TargetSection, apply_overrides
+from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection, apply_overrides
 from mapscale.space import Space, read_points, save_latents
 from mapscale.train import build_model, fingerprint, load_run, train, write_run_files
 
@@ -23,7 +23,7 @@ def tiny(root: Path, *overrides: str) -> Recipe:
     recipe = Recipe(
         name="tiny-space",
         target=TargetSection(name="small_mnist_cnn"),
-        mapping=MappingSection(grouping="slvt", budget=64, latent_init_std=0.5),
+        mapping=MappingMethod(grouping="slvt", budget=64, latent_init_std=0.5),
         data=DataSection(name="shipped_mnist", test_size=200, max_examples=400, classes=[0, 1, 2, 3, 4]),
         optim=OptimSection(lr=5e-2, epochs=2, max_steps=12, batch_size=32),
         output=OutputSection(root=root, log_every=4, progress=False),

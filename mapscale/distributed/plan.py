@@ -73,18 +73,6 @@ class ShardUnit:
     def mapping_numel(self, rank: int) -> int:
         return sum(s.numel * s.latent_dim for s in self.rank_segments(rank))
 
-    def rank_pieces(self, rank: int) -> list[tuple[int, int]]:
-        """``(group, columns)`` of each mapping operator rank ``rank`` builds for this unit: contiguous runs of
-        one group's segments merge into one piece, as the sharded generator does."""
-        pieces: list[list[int]] = []
-        for s in self.rank_segments(rank):
-            if pieces and pieces[-1][0] == s.group and pieces[-1][2] == s.group_offset:
-                pieces[-1][1] += s.numel
-                pieces[-1][2] += s.numel
-            else:
-                pieces.append([s.group, s.numel, s.group_offset + s.numel])
-        return [(group, columns) for group, columns, _ in pieces]
-
 
 @dataclass(frozen=True)
 class ShardPlan:
@@ -120,15 +108,6 @@ class ShardPlan:
     def mapping_numel(self, rank: int) -> int:
         """Mapping entries rank ``rank`` holds under this plan (a single process holds them all at N = 1)."""
         return sum(unit.mapping_numel(rank) for unit in self.units)
-
-    def mapping_bytes(self, rank: int, layout: ParamLayout, storage_bytes) -> int:
-        """Bytes of the mapping operators rank ``rank`` holds: ``storage_bytes(latent_dim, P_g, columns)`` summed
-        over its pieces (``d_g x columns x 4`` for a dense fp32 mapping)."""
-        groups = layout.groups
-        return sum(
-            storage_bytes(groups[g].latent_dim, groups[g].numel, columns)
-            for unit in self.units for g, columns in unit.rank_pieces(rank)
-        )
 
     def max_mapping_numel(self) -> int:
         return max(self.mapping_numel(rank) for rank in range(self.world_size))

@@ -1,7 +1,7 @@
 """Fine-tuning peers: Hugging Face ``peft`` LoRA and VeRA adapters on the layers mapscale's fine-tuning mode tunes.
 
 The pretrained target gets adapters on the modules owning the tuned tensors (the same selectors as
-``mapping.finetune_tuned``), through ``peft.get_peft_model``; only the adapters' tensors train (and any a
+``mapping.tuned``), through ``peft.get_peft_model``; only the adapters' tensors train (and any a
 recipe keeps directly trainable), everything else is frozen. The result is a `MappedModel` with nothing
 generated, so it trains, evaluates, checkpoints (adapters and buffers only) and reports through the same code
 as mapscale's own runs; `AdapterModel.materialize` merges the adapters into the weights, so ``mapscale export``
@@ -21,9 +21,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mapscale.mapping.direct import DirectGenerator
 from mapscale.mapping.finetune import tuned_tensors
 from mapscale.mapping.layout import ParamLayout, Selector, _capture, _select
-from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.mapped import MappedModel
 
 ADAPTERS = ("lora", "vera")
@@ -96,10 +96,9 @@ def adapter_model(
             wrapped.get_parameter(spec.name).requires_grad_(True)
     trains = {s.name: wrapped.get_parameter(s.name).requires_grad for s in specs}
     layout = ParamLayout(groups=(), trainable=tuple(s for s in specs if trains[s.name]), frozen=tuple(s for s in specs if not trains[s.name]))
-    device = next(model.parameters()).device
-    adapted = AdapterModel(wrapped, MappingGenerator(layout, {}, GeneratorConfig(seed=seed), device=device))
-    adapted._num_target_params = num_target_params  # the plain target's, adapters not counted
-    return adapted
+    fixed = sum(b.numel() * b.element_size() for name, b in wrapped.named_buffers() if ".vera_" in name)  # VeRA's shared A, B
+    # the plain target's parameter count, adapters not counted
+    return AdapterModel(wrapped, DirectGenerator(layout, fixed), num_target_params=num_target_params)
 
 
 def _base_name(name: str) -> str:

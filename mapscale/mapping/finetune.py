@@ -29,13 +29,14 @@ e.g. ResNet50 ``layer4`` + ``fc`` (2 classes): ``P_f`` = 14,968,834 weights, ``L
 elements, so SLVT 1,024 trains 1,024 latents; at ``D >= E`` the mapping is square and training the latents is
 training the elements themselves (for ``L = 1``: full fine-tuning of the tuned tensors, reparametrised).
 
-**What the trainer sees.** A `MappedModel` whose generator is a `FineTuneGenerator`: it replaces the tuned
-tensors (its ``outputs``) by placeholders, as for generated ones. The `FineTuneGenerator` returns the tuned tensors' *final*
-values ``{name: w_t}``, so the Mapping Loss's terms read:
+**What the trainer sees.** A `MappedModel` whose generator is the element `MappingGenerator` with the
+`Elements` assembly: it replaces the tuned tensors (its ``outputs``) by placeholders, as for generated ones,
+and returns the tuned tensors' *final* values ``{name: w_t}``, so the Mapping Loss's terms read:
 
 - stability: exact (perturbed latents -> perturbed final weights);
-- smoothness: the Hutchinson estimate of ``||dw/dz||_F²`` through ``generate_group`` (final weights);
-  ``jacobian_sq_norm`` returns None, so ``smoothness_estimator="exact"`` is refused;
+- smoothness: the Hutchinson estimate of ``||dw/dz||_F²`` of the assembled (final) weights: the assembly
+  says ``flat_smoothness = False``, so ``jacobian_sq_norm`` (of the elements) returns None and
+  ``smoothness_estimator="exact"`` is refused;
 - alignment: the element mapping's modulated row means. Its cosine has no gradient direction at ``z = 0``
   (the start of every fine-tuning run; the loss clamps the norm at 1e-12), so recipes must not use it here.
 
@@ -46,12 +47,13 @@ untuned tensor (so checkpoints hold latents and buffers, never pretrained weight
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from mapscale.mapping.contract import WHOLE, Part
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.mapped import MappedModel
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select, shape_module
@@ -105,34 +107,22 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], tuned: Iterab
     return kept
 
 
-class FineTuneGenerator(nn.Module):
-    """``forward(latents=None) -> {tuned name: theta0 modulated by its generated elements}``.
+class Elements(nn.Module):
+    """The fine-tuning assembly of a `MappingGenerator` over the element layout: each tuned tensor is its
+    pretrained value modulated by its ``(E_t,)`` generated elements. The pretrained tensors are non-persistent
+    buffers: never in a state_dict."""
 
-    ``elements`` is the ordinary `MappingGenerator` of the element layout; ``latents``, ``modulators``,
-    ``config``, ``modulated_row_means`` and ``mapping_bytes`` are its own. The pretrained tensors are
-    non-persistent buffers: never in a state_dict.
-    """
+    flat_smoothness = False  # the smoothness term is about the final weights, not the elements
 
-    def __init__(
-        self,
-        layout: ParamLayout,
-        tuned: list[TensorSpec],
-        pretrained: Mapping[str, Tensor],
-        elements: MappingGenerator,
-        block_size: int,
-        form: FineTuneForm,
-        scale: float,
-    ) -> None:
+    def __init__(self, tuned: list[TensorSpec], pretrained: Mapping[str, Tensor], block_size: int, form: FineTuneForm, scale: float, constant_init_std: float) -> None:
         super().__init__()
-        self.layout, self.tuned, self.elements = layout, tuned, elements
-        self.outputs = tuned  # the target tensors whose values forward() returns (MappedModel replaces these)
+        self.outputs = tuple(tuned)  # the target tensors assembled (MappedModel replaces these)
         self.block_size, self.form, self.scale = block_size, form, scale
-        self._spec_of = {s.name: s for s in tuned}
         element_scales = []
         for t, spec in enumerate(tuned):
             theta0 = pretrained[spec.name].detach()
             self.register_buffer(f"pretrained_{t}", theta0, persistent=False)  # spec.shape
-            element_scales.append(scale if form == "multiplicative" else scale * self._std(theta0, elements.config.constant_init_std))
+            element_scales.append(scale if form == "multiplicative" else scale * self._std(theta0, constant_init_std))
         self.element_scales = element_scales
         self._index = {s.name: t for t, s in enumerate(tuned)}
 
@@ -143,26 +133,10 @@ class FineTuneGenerator(nn.Module):
         std = theta0.double().std(unbiased=False).item()
         return std if std > 1e-12 * max(1.0, theta0.double().abs().mean().item()) else fallback
 
-    @property
-    def latents(self) -> nn.ParameterList:
-        return self.elements.latents
-
-    @property
-    def modulators(self) -> nn.ParameterList:
-        return self.elements.modulators
-
-    @property
-    def config(self) -> GeneratorConfig:
-        return self.elements.config
-
-    @property
-    def shard(self) -> None:
-        return None  # fine-tuning runs unsharded
-
     def modulate(self, name: str, elements: Tensor) -> Tensor:
         """The final tensor ``name`` from its ``(E_t,)`` elements."""
         t = self._index[name]
-        spec, theta0 = self.tuned[t], getattr(self, f"pretrained_{t}")
+        spec, theta0 = self.outputs[t], getattr(self, f"pretrained_{t}")
         # (E_t,) -> (E_t * L,) -> the first numel_t: element j modulates weights [j L, (j + 1) L).
         delta = elements.repeat_interleave(self.block_size, output_size=elements.numel() * self.block_size)[: spec.numel]
         delta = (self.element_scales[t] * delta).view(spec.shape)
@@ -170,28 +144,13 @@ class FineTuneGenerator(nn.Module):
             return (theta0 * (1 + delta)).to(spec.dtype)
         return (theta0 + delta).to(spec.dtype)
 
-    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        for name, elements in self.elements(latents).items():
+        for name, elements in tensors.items():
             weight = self.modulate(name, elements)
-            for alias in self._spec_of[name].names:
+            for alias in self.outputs[self._index[name]].names:
                 out[alias] = weight
         return out
-
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
-        """The flat final weights of group ``index``'s tuned tensors (the Hutchinson smoothness estimate's G)."""
-        generated = self.elements.split(index, self.elements.generate_group(index, latent))
-        return torch.cat([self.modulate(spec.name, generated[spec.name]).reshape(-1) for spec in self.layout.groups[index].tensors])
-
-    def jacobian_sq_norm(self, index: int) -> None:
-        """No closed form (per-tensor scales, shortened last blocks, gates): the loss falls back to Hutchinson."""
-        return None
-
-    def modulated_row_means(self, index: int) -> Tensor:
-        return self.elements.modulated_row_means(index)
-
-    def mapping_bytes(self) -> int:
-        return self.elements.mapping_bytes()
 
 
 def finetune_model(
@@ -207,6 +166,7 @@ def finetune_model(
     trainable: Iterable[Selector] = (),
     budget_rule: BudgetRule | None = None,
     device: torch.device | str | None = None,
+    part: Callable[[ParamLayout], Part] | None = None,
     **generator_options,
 ) -> MappedModel:
     """Fine-tune ``model`` (its current values are the pretrained ``theta0``) through generated elements.
@@ -255,7 +215,8 @@ def finetune_model(
         frozen=tuple(s for s in untuned if s.name not in kept_trainable),
     )
     zeros = {s.name: torch.zeros(s.numel, device=device) for s in element_layout.generated_tensors()}
-    elements = MappingGenerator(element_layout, zeros, config, device=device)
     pretrained = {s.name: model.get_parameter(s.name).detach().to(device) for s in tuned_specs}
-    generator = FineTuneGenerator(layout, tuned_specs, pretrained, elements, block_size, form, float(scale))
+    assembly = Elements(tuned_specs, pretrained, block_size, form, float(scale), config.constant_init_std)
+    held = WHOLE if part is None else part(layout)
+    generator = MappingGenerator(layout, zeros, config, device=device, part=held, assembly=assembly)
     return MappedModel(model, generator)

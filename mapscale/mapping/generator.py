@@ -27,15 +27,16 @@ trains the mapping weights; ``"lv-wmap"`` modulates the mapping with a separate 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from mapscale.mapping.layout import GroupSpec, ParamLayout
-from mapscale.mapping.operators import OPERATORS, mapping_key, num_blocks, orthonormalizer, seeded_gram
+from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, generate_tensors, group_offsets, held_bytes, pieces, with_aliases
+from mapscale.mapping.layout import ParamLayout, TensorSpec
+from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key
 
 Modulation = Literal["additive", "multiplicative", "none"]
 Activation = Literal["identity", "tanh"]
@@ -108,38 +109,6 @@ class GeneratorConfig:
         return 1.0 if self.offset == "mean" else 0.0
 
 
-@dataclass(frozen=True)
-class GatherUnit:
-    """Tensors generated and gathered together: this generator's ``pieces`` (indices into `Shard.pieces`, in
-    the unit's row order) and where each tensor lies in the unit's gathered flat vector."""
-
-    name: str
-    pieces: tuple[int, ...]
-    tensors: tuple[tuple[str, int], ...]  # (tensor name, offset in the unit's flat vector)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """The part of the mapping one of ``count`` cooperating generators holds (the distributed layer makes one
-    per rank, `mapscale.distributed.sharding`; this module knows nothing of processes).
-
-    pieces: ``(group index, start, stop)`` column ranges of the groups' flat vectors this generator holds;
-        it builds the mapping columns of those ranges only, from the seed.
-    units: the sharding units; each unit's pieces, concatenated, are this generator's rows of the unit.
-    gather: ``(unit index, local rows) -> the unit's whole flat vector`` (a differentiable all-gather).
-    reduce: sums a tensor over all cooperating generators (an all-reduce SUM). Construction uses it for the
-        exact integer Gram of each group (``index`` of ``count`` computes its share of the blocks) and for the
-        per-tensor calibration moments; the Mapping Loss's row statistics use it once, then cache.
-    """
-
-    pieces: tuple[tuple[int, int, int], ...]
-    units: tuple[GatherUnit, ...]
-    gather: Callable[[int, Tensor], Tensor]
-    reduce: Callable[[Tensor], Tensor]
-    index: int = 0
-    count: int = 1
-
-
 def _one_of(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {field} {value!r}; choose one of {list(allowed)}")
@@ -151,11 +120,28 @@ def latent_init(seed: int, group: str, latent_dim: int, std: float) -> Tensor:
     return torch.randn(latent_dim, generator=generator) * std
 
 
+class Identity(nn.Module):
+    """The assembly of methods whose layout tensors are the target's own: each under all its (tied) names."""
+
+    flat_smoothness = True
+
+    def __init__(self, outputs: Sequence[TensorSpec]) -> None:
+        super().__init__()
+        self.outputs = tuple(outputs)
+
+    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return with_aliases(tensors, self.outputs)
+
+
 class MappingGenerator(nn.Module):
-    """Generates every tensor of a `ParamLayout` from the group latents. ``forward() -> {name: tensor}``.
+    """The mapping method: generates the flat vector of a `ParamLayout` from the group latents, and hands its
+    tensors to an ``assembly`` (`Identity` by default; the LRD factors' products, `mapscale.mapping.lowrank`;
+    the fine-tuned weights, `mapscale.mapping.finetune`). Implements the generator contract
+    (`mapscale.mapping.contract.Generator`).
 
     ``init_tensors`` maps each generated tensor's name to the target's default-initialised value of it;
     only its statistics are kept (and, for ``offset="init"``, the values themselves as ``theta_0``).
+    ``part``: the column ranges held (default: all); a part builds only its mapping columns, from the seed.
     """
 
     def __init__(
@@ -165,19 +151,24 @@ class MappingGenerator(nn.Module):
         config: GeneratorConfig = GeneratorConfig(),
         *,
         device: torch.device | str | None = None,
-        shard: Shard | None = None,
+        part: Part = WHOLE,
+        assembly: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.layout, self.config, self.shard = layout, config, shard
+        self.layout, self.config, self.part = layout, config, part
+        self.assembly = assembly if assembly is not None else Identity(layout.generated_tensors())
+        self.outputs, self.flat_smoothness = self.assembly.outputs, self.assembly.flat_smoothness
         device = torch.device(device or "cpu")
         train_latents, train_mapping, separate_modulator = VARIANTS[config.variant]
         operator_cls = OPERATORS[config.operator]
         std = config.resolved_latent_init_std
-        if shard is not None and train_mapping:
-            raise ValueError(f"variant {config.variant!r} trains the mapping weights, which cannot be sharded; use variant 'mapping' or 'lv-wmap'")
-        # Column pieces this generator holds, one operator each: every group whole (piece i is group i), or a shard.
-        self.pieces = [(i, 0, g.numel) for i, g in enumerate(layout.groups)] if shard is None else [tuple(p) for p in shard.pieces]
-        transforms = self._shard_transforms(device) if shard is not None and operator_cls.uses_transform else {}
+        if not part.whole and train_mapping:
+            raise ValueError(f"variant {config.variant!r} trains the mapping weights, which cannot be split into parts (sharded); use variant 'mapping' or 'lv-wmap'")
+        # Column pieces this generator holds, one operator each: every group whole (piece i is group i), or a part's.
+        self.pieces = pieces(layout, part)
+        offsets = group_offsets(layout)
+        self._ranges = [(offsets[index] + start, offsets[index] + stop) for index, start, stop in self.pieces]
+        transforms = group_transforms(layout, config.seed, self.pieces, part, device) if not part.whole and operator_cls.uses_transform else {}
 
         self.operators = nn.ModuleList()
         shared: dict[int, Tensor] = {}
@@ -193,18 +184,17 @@ class MappingGenerator(nn.Module):
                     trainable=train_mapping,
                     dtype=config.mapping_dtype,
                     device=device,
-                    columns=None if shard is None else (start, stop),
+                    columns=None if part.whole else (start, stop),
                     transform=transforms.get(index),
                 )
             )
             # Pieces of one group share the orthonormalizer an operator keeps (seeded): one copy per group.
-            kept = getattr(self.operators[-1], "transform", None)
-            if isinstance(kept, Tensor):
-                shared.setdefault(index, kept)
-                self.operators[-1].transform = shared[index]
+            kept = self.operators[-1].shared_transform()
+            if kept is not None:
+                self.operators[-1].transform = shared.setdefault(index, kept)
             if config.offset == "init":
-                base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop]
-                self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,)
+                base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
+                self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,), not a view of the group
         for group in layout.groups:
             z0 = latent_init(config.seed, group.name, group.latent_dim, std).to(device)
             self.latents.append(nn.Parameter(z0, requires_grad=train_latents))
@@ -213,36 +203,12 @@ class MappingGenerator(nn.Module):
         # (4, num tensors) per group: in_scale, in_shift, out_scale, out_shift; derived, never checkpointed.
         affines = self._calibrate(init_tensors)
         if config.latent_seed is not None:  # other starting latents, after calibrating at the seed's
-            with torch.no_grad():
-                for index, group in enumerate(layout.groups):
-                    z0 = latent_init(config.latent_seed, group.name, group.latent_dim, std).to(device)
-                    self.latents[index].copy_(z0)
-                    if separate_modulator:
-                        self.modulators[index].copy_(z0)
+            self.start_from([latent_init(config.latent_seed, g.name, g.latent_dim, std) for g in layout.groups])
         for index, group in enumerate(layout.groups):
             self.register_buffer(f"affine_{index}", affines[index], persistent=False)
             numels = torch.tensor([t.numel for t in group.tensors], device=device)
             self.register_buffer(f"numels_{index}", numels, persistent=False)  # (num tensors,)
-        self._reduced_cache: dict = {}
-        self._specs = {spec.name: spec for spec in layout.generated_tensors()}
-
-    def _shard_transforms(self, device: torch.device) -> dict[int, Tensor]:
-        """Each held group's `orthonormalizer`, its exact Gram summed over the cooperating generators (each
-        computes the blocks ``index::count``), so no generator draws the whole group's raw entries."""
-        shard, held = self.shard, {p[0] for p in self.pieces}
-        transforms = {}
-        for index, group in enumerate(self.layout.groups):
-            if device.type == "meta":
-                continue
-            key = mapping_key(self.config.seed, group.name)
-            blocks = range(shard.index, num_blocks(group.numel), shard.count)
-            gram = shard.reduce(seeded_gram(key, group.latent_dim, group.numel, blocks))  # exact: int64 sums
-            if index in held:
-                transforms[index] = orthonormalizer(gram)
-        return transforms
-
-    def _reduce(self, tensor: Tensor) -> Tensor:
-        return tensor if self.shard is None else self.shard.reduce(tensor)
+        self._totals: dict = {}
 
     def _clipped_numels(self, k: int) -> Tensor:
         """``(num tensors,)`` elements of each of the group's tensors inside piece ``k`` (0 for those outside)."""
@@ -250,12 +216,18 @@ class MappingGenerator(nn.Module):
         bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
         return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
 
-    @property
-    def outputs(self) -> list:
-        """The target's tensors whose values `forward` returns (`MappedModel` replaces them by placeholders)."""
-        return self.layout.generated_tensors()
+    def _whole_group(self, index: int) -> int | None:
+        """The piece holding group ``index`` whole, or None."""
+        for k, (g, start, stop) in enumerate(self.pieces):
+            if g == index and (start, stop) == (0, self.layout.groups[index].numel):
+                return k
+        return None
 
-    # -- the pipeline, stage by stage, on a piece of columns (a whole group unless the generator is a shard) --
+    def start_from(self, latents) -> None:
+        """Set the group latents to ``latents`` (lv-wmap's modulators start equal to them)."""
+        copy_latents(self.latents, latents, self.modulators)
+
+    # -- the pipeline, stage by stage, on a piece of columns (a whole group unless the part cuts it) --------
 
     def coefficients(self, index: int, latent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``(c, shift)`` such that the raw output is ``Wᵀ c + shift`` (shift: a scalar or None).
@@ -309,59 +281,19 @@ class MappingGenerator(nn.Module):
         return torch.repeat_interleave(affine, numels, dim=1, output_size=stop - start).unbind(dim=0)  # 4 x (stop - start,)
 
     def generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
-        """``(stop - start,)``: the generated parameters of piece ``k`` (the distributed layer gathers these)."""
+        """``(stop - start,)``: the generated parameters of piece ``k``."""
         return self.postprocess_piece(k, self.raw_piece(k, latent))
 
-    def _whole(self, index: int) -> int:
-        """The piece index of group ``index``, which this (unsharded) generator holds whole."""
-        if self.shard is not None:
-            raise RuntimeError("a sharded generator holds only its pieces; gather them (mapscale.distributed) for whole groups")
-        return index
+    def generate(self, start: int, stop: int, latents=None) -> Tensor:
+        """``(stop - start,)``: elements ``[start, stop)`` of the flat vector, inside the held pieces."""
+        return from_pieces(self._ranges, start, stop, lambda k: self.generate_piece(k, None if latents is None else latents[self.pieces[k][0]]))
 
-    def raw(self, index: int, latent: Tensor | None = None) -> Tensor:
-        """``(P_g,)`` raw output ``u`` of group ``index``: ``W̃ᵀ z`` before scale, offset and activation."""
-        return self.raw_piece(self._whole(index), latent)
+    def assemble(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.assembly(tensors)
 
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
-        """``(P_g,)``: the flat generated parameters of group ``index``."""
-        return self.generate_piece(self._whole(index), latent)
-
-    def split(self, index: int, flat: Tensor) -> dict[str, Tensor]:
-        """Views of a group's flat vector as its named tensors (tied aliases included)."""
-        return self._views(flat, self.layout.groups[index].tensors)
-
-    def generate_unit(self, unit: int, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """``{name: tensor}`` for the tensors of sharding unit ``unit``: this generator's rows, gathered."""
-        if self.shard is None:
-            raise RuntimeError("generate_unit needs a sharded generator; use forward() or generate_group()")
-        spec_unit = self.shard.units[unit]
-        parts = [self.generate_piece(k, None if latents is None else latents[self.pieces[k][0]]) for k in spec_unit.pieces]
-        local = torch.cat(parts) if parts else self.latents[0].new_zeros(0)  # (rows owned,)
-        flat = self.shard.gather(unit, local)  # (unit rows,): its tensors back to back, in order
-        return self._views(flat, [self._specs[name] for name, _ in spec_unit.tensors])
-
-    @staticmethod
-    def _views(flat: Tensor, specs) -> dict[str, Tensor]:
-        """``flat`` (the ``specs``' elements back to back) as named tensors. One ``split``, not a slice per
-        tensor: a slice's backward fills a zero tensor the size of ``flat``, which made the backward of a
-        161-tensor ResNet50 vector cost 161 passes over it."""
-        out = {}
-        for spec, piece in zip(specs, flat.split([spec.numel for spec in specs]), strict=True):
-            tensor = piece.view(spec.shape).to(spec.dtype)
-            for name in spec.names:
-                out[name] = tensor
-        return out
-
-    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """``{name: tensor}`` for every generated name; ``latents`` (one per group) replace the trained ones.
-        A sharded generator generates its rows and gathers each unit (a collective: every rank calls it)."""
-        if self.shard is not None:
-            return {name: t for unit in range(len(self.shard.units)) for name, t in self.generate_unit(unit, latents).items()}
-        out: dict[str, Tensor] = {}
-        for index in range(len(self.layout.groups)):
-            latent = None if latents is None else latents[index]
-            out.update(self.split(index, self.generate_group(index, latent)))
-        return out
+    def forward(self, latents=None) -> dict[str, Tensor]:
+        """``{name: tensor}`` for every output name; ``latents`` (one per group) replace the trained ones."""
+        return generate_tensors(self, latents)
 
     # -- quantities the Mapping Loss needs ------------------------------------------------------------------
 
@@ -378,56 +310,62 @@ class MappingGenerator(nn.Module):
 
     def _group_row_means(self, index: int) -> Tensor:
         """``(latent_dim,)`` row means of group ``index``'s ``W``: the operator's own when held whole, else the
-        reduced sum over every generator's pieces (fixed mapping: reduced once, cached)."""
-        if self.shard is None:
-            return self.operators[index].row_means()
+        sum over every part's pieces (fixed mapping: summed once, cached)."""
+        whole = self._whole_group(index)
+        if whole is not None and self.part.whole:
+            return self.operators[whole].row_means()
 
         def compute() -> Tensor:
             sums = torch.zeros_like(self.latents[index], dtype=torch.float32)
             for k, (g, start, stop) in enumerate(self.pieces):
                 if g == index:
                     sums = sums + self.operators[k].row_means() * (stop - start)
-            return self._reduce(sums) / self.layout.groups[index].numel
+            return self.part.total(sums) / self.layout.groups[index].numel
 
-        return self._reduced(("row_means", index), compute)
+        return self._total(("row_means", index), compute)
 
     def _group_segment_row_sums(self, index: int) -> tuple[Tensor, Tensor] | None:
         """Per-tensor row sums of ``W`` and ``W∘W`` for group ``index`` (see `jacobian_sq_norm`), or None."""
-        if self.shard is None:
-            operator = self.operators[index]
-            return operator.segment_row_sums(getattr(self, f"numels_{index}")) if hasattr(operator, "segment_row_sums") else None
-        if not all(hasattr(op, "segment_row_sums") for op in self.operators):
+        if not OPERATORS[self.config.operator].row_sums:  # decided alike by every part, before any sum over parts
             return None
+        if self.part.whole:
+            return self.operators[index].segment_row_sums(getattr(self, f"numels_{index}"))
 
-        def compute() -> Tensor:
+        def compute() -> Tensor | None:
             d, tensors = self.layout.groups[index].latent_dim, len(self.layout.groups[index].tensors)
             both = torch.zeros(2, d, tensors, device=self.latents[index].device)
             for k, (g, _, _) in enumerate(self.pieces):
                 if g == index:
-                    both = both + torch.stack(self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device)))
-            return self._reduce(both)
+                    sums = self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device))
+                    if sums is None:
+                        return None
+                    both = both + torch.stack(sums)
+            return self.part.total(both)
 
-        both = self._reduced(("segment_row_sums", index), compute)
-        return both[0], both[1]
+        both = self._total(("segment_row_sums", index), compute)
+        return None if both is None else (both[0], both[1])
 
-    def _reduced(self, key, compute):
-        """A quantity of the fixed mapping summed over the cooperating generators: one collective, then cached.
-        Every generator calls these in the same order (the Mapping Loss does), as collectives require."""
-        if key not in self._reduced_cache:
+    def _total(self, key, compute):
+        """A quantity of the fixed mapping summed over every part: computed once, then cached. Every part's
+        holder calls these in the same order (the Mapping Loss does), as ``part.total`` requires."""
+        if key not in self._totals:
             with torch.no_grad():
-                self._reduced_cache[key] = compute()
-        return self._reduced_cache[key]
+                self._totals[key] = compute()
+        return self._totals[key]
 
     def jacobian_sq_norm(self, index: int) -> Tensor | None:
-        """``||d theta_g / d z_g||_F²`` exactly, or None when the operator cannot give it cheaply.
+        """``||d theta_g / d z_g||_F²`` of the generated flat vector exactly, or None when the operator cannot
+        give it cheaply or the assembly's smoothness is not the flat vector's (``flat_smoothness``).
 
         With ``d theta_j / d u_j = c_j = out_scale * act'(pre_j) * in_scale`` and
         ``du/dz = Wᵀ diag(m) + 1 gᵀ`` (`coefficient_jacobian`), the norm is
         ``sum_i m_i² A_i + 2 sum_i m_i g_i B_i + ||g||² sum_j c_j²`` with ``A = (W∘W) c²`` and ``B = W c²``.
         For the identity activation ``c`` is constant per tensor and ``A``, ``B`` come from per-tensor row
         sums of the mapping (``O(latent_dim x tensors)`` per step); otherwise from one product with ``W``
-        and one with ``W∘W``.
+        and one with ``W∘W``, over the whole group (None for a part).
         """
+        if not self.assembly.flat_smoothness:
+            return None
         m, g = self.coefficient_jacobian(index)
         in_scale, in_shift, out_scale, _ = getattr(self, f"affine_{index}")  # (T,) each
         if self.config.activation == "identity":
@@ -439,15 +377,17 @@ class MappingGenerator(nn.Module):
             a, b = sq_sums @ c_sq, sums @ c_sq
             total_c_sq = (c_sq * getattr(self, f"numels_{index}")).sum()
         else:
-            operator = self.operators[index] if self.shard is None else None
-            if not hasattr(operator, "weighted_row_sums"):  # needs the whole group's raw output
+            if not self.part.whole:  # needs the whole group's raw output
                 return None
-            raw = self.raw(index)
+            raw = self.raw_piece(index)
             in_s, in_sh, out_s, _ = self._per_element_affine(index)
             slope = ACTIVATION_SLOPES[self.config.activation](raw * in_s + in_sh)
             c_sq_el = (out_s * slope * in_s) ** 2  # (P_g,); depends on z through act'(pre)
-            sums, sq_sums = operator.weighted_row_sums(c_sq_el)
-            a, b, total_c_sq = sq_sums, sums, c_sq_el.sum()
+            weighted = self.operators[index].weighted_row_sums(c_sq_el)
+            if weighted is None:
+                return None
+            (sums, sq_sums), total_c_sq = weighted, c_sq_el.sum()
+            a, b = sq_sums, sums
         norm = (m**2 * a).sum()
         if g is not None:
             norm = norm + 2 * (m * g * b).sum() + g.dot(g) * total_c_sq
@@ -459,8 +399,8 @@ class MappingGenerator(nn.Module):
     def _calibrate(self, init_tensors: Mapping[str, Tensor]) -> list[Tensor]:
         """``[(4, num tensors)]`` per group, from per-tensor moments of the raw output at the initial latents.
 
-        The moments are float64 sums over this generator's pieces, reduced over the cooperating generators,
-        so a sharded build calibrates exactly like a single one (up to float64 summation order).
+        The moments are float64 sums over this generator's pieces, summed over every part (``part.total``),
+        so a generator holding a part calibrates exactly like a whole one (up to float64 summation order).
         """
         groups = self.layout.groups
         device = self.latents[0].device if len(self.latents) else torch.device("cpu")
@@ -479,7 +419,7 @@ class MappingGenerator(nn.Module):
                 for t, segment in enumerate(u.split(numels)):
                     if numels[t]:
                         out[index][:, t] += torch.stack([segment.sum(), segment.square().sum()])
-            return [self._reduce(m.to(device)).cpu() for m in out]
+            return [self.part.total(m.to(device)).cpu() for m in out]
 
         def mean_std(sums: Tensor, count: int) -> tuple[float, float]:
             mean = sums[0].item() / count
@@ -525,8 +465,9 @@ class MappingGenerator(nn.Module):
 
     # -- accounting ---------------------------------------------------------------------------------------
 
-    def mapping_bytes(self) -> int:
-        """Bytes held by the fixed (or, for the full-dnn variants, trained) mapping weights."""
-        tensors = [t for op in self.operators for t in [*op.buffers(), *op.parameters()]]
-        held = {(t.device, t.data_ptr()) if t.device.type != "meta" and t.numel() else id(t): t for t in tensors}  # shared once
-        return sum(t.numel() * t.element_size() for t in held.values())
+    def fixed_bytes(self) -> int:
+        """Bytes of the fixed state held: the mapping operators' columns (a trained full-dnn mapping is not
+        fixed and not counted), ``theta_0`` for ``offset="init"`` and the per-tensor constants; a part's share.
+        Not the assembly's tensors: fine-tuning's pretrained weights are the target's, not the method's."""
+        own = [t for name, t in self.named_buffers() if not name.startswith("assembly.")]
+        return held_bytes(self, own + [p for p in self.parameters() if not p.requires_grad])

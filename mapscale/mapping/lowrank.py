@@ -5,8 +5,8 @@ A Linear or Conv weight ``A`` of shape ``(m, in, *kernel)`` is viewed as an ``m 
 rows shrink from ``m n`` to ``r (m + n)``. Every other tensor is generated as usual. The factors are ordinary
 generated tensors of an ordinary `MappingGenerator` (over a parameter-only module that mirrors the target's
 paths, ``<attr>_lrd_u`` / ``<attr>_lrd_v`` beside each factored weight, so LWT groups a layer's factors
-together); `LowRankGenerator` multiplies them out on every forward, and `MappedModel` runs the target with
-the products swapped in.
+together); its `Factors` assembly multiplies them out on every forward, and `MappedModel` runs the target
+with the products swapped in.
 
 Factor initialisation (what the generator calibrates to): seeded ``N(0, s²)`` entries with
 ``s = sqrt(std(A_0) / sqrt(r))``, so that ``U V`` has the spread of the target's own init of ``A``. With
@@ -23,11 +23,12 @@ rank-16 factoring of CNN2 gives that count. `tests/test_lowrank.py` checks the a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from mapscale.mapping.contract import WHOLE, Part
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _select, shape_module
 from mapscale.mapping.mapped import MappedModel
@@ -48,62 +49,32 @@ def factorable(spec: TensorSpec, rank: int) -> bool:
     return rank * (m + n) < m * n
 
 
-class LowRankGenerator(nn.Module):
-    """``forward(latents=None) -> {name: tensor}`` for the target's generated tensors, factored weights as the
-    products ``U V`` of their generated factors. ``factors`` is the ordinary `MappingGenerator` of the factor
-    layout; latents, modulators, config, shard, the layout and the Mapping Loss quantities are its own."""
+class Factors(nn.Module):
+    """The LRD assembly of a `MappingGenerator` over the factor layout: each factored weight is the product
+    ``U V`` of its generated factors, every other tensor is its generated self (tied aliases included)."""
 
-    def __init__(self, factors: MappingGenerator, outputs: list[TensorSpec], factored: list[TensorSpec], rank: int) -> None:
+    flat_smoothness = True  # the smoothness term is taken on the generated factors, as the module docstring says
+
+    def __init__(self, outputs: list[TensorSpec], factored: list[TensorSpec], rank: int) -> None:
         super().__init__()
-        self.factors, self.rank = factors, rank
-        self.outputs = outputs  # the target tensors forward() returns (MappedModel replaces these)
+        self.outputs, self.rank = tuple(outputs), rank  # the target tensors assembled (MappedModel replaces these)
         self.factored = {spec.name: spec for spec in factored}
-        self._aliases = {spec.name: spec.names for spec in outputs}
 
-    @property
-    def layout(self) -> ParamLayout:
-        return self.factors.layout
-
-    @property
-    def latents(self) -> nn.ParameterList:
-        return self.factors.latents
-
-    @property
-    def modulators(self) -> nn.ParameterList:
-        return self.factors.modulators
-
-    @property
-    def config(self) -> GeneratorConfig:
-        return self.factors.config
-
-    @property
-    def shard(self) -> None:
-        return None  # LRD runs unsharded
-
-    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
-        generated = self.factors(latents)
+    def forward(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for spec in self.outputs:
             if spec.name in self.factored:
-                u, v = (generated[spec.name + suffix] for suffix in FACTOR_SUFFIXES)
+                if spec.name + FACTOR_SUFFIXES[0] not in tensors:
+                    continue
+                u, v = (tensors[spec.name + suffix] for suffix in FACTOR_SUFFIXES)
                 tensor = (u @ v).view(spec.shape)  # (m, r) @ (r, n) -> (m, n) -> the weight's shape
+            elif spec.name in tensors:
+                tensor = tensors[spec.name]
             else:
-                tensor = generated[spec.name]
-            for name in self._aliases[spec.name]:
+                continue
+            for name in spec.names:
                 out[name] = tensor
         return out
-
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
-        return self.factors.generate_group(index, latent)
-
-    def jacobian_sq_norm(self, index: int) -> Tensor | None:
-        return self.factors.jacobian_sq_norm(index)
-
-    def modulated_row_means(self, index: int) -> Tensor:
-        return self.factors.modulated_row_means(index)
-
-    def mapping_bytes(self) -> int:
-        return self.factors.mapping_bytes()
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, factored={len(self.factored)} tensors"
@@ -121,11 +92,13 @@ def low_rank_model(
     frozen: Iterable[Selector] = (),
     budget_rule: BudgetRule | None = None,
     device: torch.device | str | None = None,
+    part: Callable[[ParamLayout], Part] | None = None,
     **generator_options,
 ) -> MappedModel:
     """`map_model` with the ``factored`` weights (selectors; none: every weight with 2+ dimensions whose
     rank-``rank`` factors are smaller) generated as rank-``rank`` factors. ``trainable`` / ``frozen`` keep
-    tensors out of generation as in `map_model` (factored weights cannot be among them)."""
+    tensors out of generation as in `map_model` (factored weights cannot be among them). ``part`` (``layout
+    -> Part``) makes the generator hold only some ranges of the factor layout's flat vector."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be an int >= 1, got {rank!r}")
     unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
@@ -163,8 +136,10 @@ def low_rank_model(
     if kept_out & {spec.name + suffix for spec in factored_specs for suffix in FACTOR_SUFFIXES}:
         raise ValueError("factored weights are generated; they cannot also be trainable or frozen")
     outputs = [s for s in specs if s.name not in kept_out]
-    factors = MappingGenerator(layout, {s.name: init[s.name] for s in layout.generated_tensors()}, config, device=device)
-    return MappedModel(model, LowRankGenerator(factors, outputs, factored_specs, rank))
+    assembly = Factors(outputs, factored_specs, rank)
+    held = WHOLE if part is None else part(layout)
+    generator = MappingGenerator(layout, {s.name: init[s.name] for s in layout.generated_tensors()}, config, device=device, part=held, assembly=assembly)
+    return MappedModel(model, generator)
 
 
 def _std(value: Tensor) -> float:

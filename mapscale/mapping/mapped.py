@@ -1,4 +1,4 @@
-"""MappedModel: a target network whose parameters are generated on every forward by a MappingGenerator.
+"""MappedModel: a target network whose parameters are generated on every forward by any method's generator.
 
 The target keeps its buffers (BatchNorm running statistics stay ordinary buffers) and the tensors a recipe
 kept out of generation (directly trainable or frozen). Each generated parameter is replaced by a zero-size,
@@ -12,27 +12,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
-from mapscale.mapping.generator import GeneratorConfig, MappingGenerator, Shard
+from mapscale.mapping.contract import WHOLE, Generator, Part
+from mapscale.mapping.direct import DirectGenerator
+from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
 
 
 class MappedModel(nn.Module):
-    """``target`` run with parameters from ``generator``. Takes ownership of ``target``.
+    """``target`` run with parameters from ``generator`` (any method's: `mapscale.mapping.contract.Generator`).
+    Takes ownership of ``target``.
 
     ``forward(*args, **kwargs)`` is the target's forward. ``materialize()`` returns the plain state_dict
     the original target class loads with ``load_state_dict(strict=True)``, without mapscale.
+    ``num_target_params`` overrides the count taken from ``target`` (a peft-wrapped target holds adapters too).
     """
 
-    def __init__(self, target: nn.Module, generator: MappingGenerator) -> None:
+    def __init__(self, target: nn.Module, generator: nn.Module, *, num_target_params: int | None = None) -> None:
         super().__init__()
+        if not isinstance(generator, Generator):
+            raise TypeError(f"{type(generator).__name__} does not implement the generator contract (mapscale.mapping.contract.Generator)")
         layout = generator.layout
-        self._num_target_params = sum(p.numel() for p in target.parameters())  # before any is replaced; tied once
+        self._num_target_params = num_target_params if num_target_params is not None else sum(p.numel() for p in target.parameters())  # tied once
         for spec in generator.outputs:
             for name in spec.names:
                 owner_path, _, attr = name.rpartition(".")
@@ -50,42 +56,27 @@ class MappedModel(nn.Module):
         self.target = target
         self.generator = generator
         self._cached: dict[str, Tensor] | None = None
-        self.just_in_time = False
-        """Sharded generators only: gather each sharding unit that is a module of the target just before it
-        runs, free it after, and regenerate it in backward (see `_forward_just_in_time`)."""
+        self.sharding: Sharding | None = None
+        """Set by the distributed layer (`mapscale.distributed.sharded`) when the generator holds a part: it
+        generates the part, gathers the rest, and may run the target's forward gathering per unit."""
 
     @property
     def layout(self) -> ParamLayout:
         return self.generator.layout
 
-    def generated_tensors(self) -> dict[str, Tensor]:
-        """``{parameter name: generated tensor}`` for every generated name, tied aliases included."""
-        return self._cached if self._cached is not None else self.generator()
+    def generated_tensors(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """``{parameter name: generated tensor}`` for every generated name, tied aliases included;
+        ``latents`` (one per group) replace the trained ones."""
+        if self._cached is not None and latents is None:
+            return self._cached
+        if self.sharding is not None:
+            return self.sharding.generate(latents)
+        return self.generator(latents)
 
     def forward(self, *args, **kwargs):
-        if self.just_in_time and self._cached is None:
-            return self._forward_just_in_time(args, kwargs)
+        if self.sharding is not None and self._cached is None:
+            return self.sharding.forward(self, args, kwargs)
         return self.forward_with(self.generated_tensors(), *args, **kwargs)
-
-    def _forward_just_in_time(self, args, kwargs):
-        """The forward with each unit module's tensors generated and gathered only while that module runs.
-
-        Each unit module runs under non-reentrant activation checkpointing: its gathered tensors are freed when
-        it returns and regenerated (and re-gathered, in the same order on every rank) when backward reaches
-        it, so peak generated-parameter memory is one unit plus the units gathered whole (not modules).
-        """
-        shard = self.generator.shard
-        if shard is None:
-            raise RuntimeError("just-in-time gathering needs a sharded generator (distributed.gather='per-unit' on several ranks)")
-        modules = dict(self.target.named_modules())
-        eager: dict[str, Tensor] = {}
-        with contextlib.ExitStack() as stack:
-            for index, unit in enumerate(shard.units):
-                if unit.name in modules and unit.name:
-                    stack.enter_context(_unit_just_in_time(modules[unit.name], unit.name, lambda index=index: self.generator.generate_unit(index)))
-                else:
-                    eager.update(self.generator.generate_unit(index))
-            return self.forward_with(eager, *args, **kwargs)
 
     def forward_with(self, tensors: Mapping[str, Tensor], *args, **kwargs):
         """The target's forward with ``tensors`` (generated parameters, optionally buffers) swapped in."""
@@ -98,7 +89,7 @@ class MappedModel(nn.Module):
         Inside, the latents must not change and no gradient reaches them; the cache ends with the block.
         """
         with torch.no_grad():
-            self._cached = {name: t.detach() for name, t in self.generator().items()}
+            self._cached = {name: t.detach() for name, t in self.generated_tensors().items()}
         try:
             yield
         finally:
@@ -121,8 +112,9 @@ class MappedModel(nn.Module):
         """Parameter elements of the target network (tied tensors counted once)."""
         return self._num_target_params
 
-    def mapping_bytes(self) -> int:
-        return self.generator.mapping_bytes()
+    def fixed_bytes(self) -> int:
+        """Bytes of the method's fixed state held in this process (`Generator.fixed_bytes`)."""
+        return self.generator.fixed_bytes()
 
     def extra_repr(self) -> str:
         return (
@@ -131,39 +123,16 @@ class MappedModel(nn.Module):
         )
 
 
-@contextlib.contextmanager
-def _unit_just_in_time(module: nn.Module, prefix: str, generate) -> Iterator[None]:
-    """While active, ``module``'s forward generates its tensors (``generate() -> {full name: tensor}``) and runs
-    under non-reentrant checkpointing. Its forward is swapped on the instance for the duration only, the way
-    ``functional_call`` swaps tensors; running twice (recomputation) restores the module's buffers, so
-    BatchNorm statistics are updated once per step."""
-    original = type(module).forward.__get__(module)
-    calls, inside = [0], [False]
+class Sharding(Protocol):
+    """What `MappedModel` calls on the distributed layer's wrapper of a generator holding a part."""
 
-    def run_unit(*args, **kwargs):
-        tensors = {name[len(prefix) + 1 :]: t for name, t in generate().items()}
-        recompute = calls[0] > 0
-        calls[0] += 1
-        saved = {n: b.clone() for n, b in module.named_buffers() if b.numel()} if recompute else {}
-        inside[0] = True
-        try:
-            return functional_call(module, tensors, args, kwargs, tie_weights=False, strict=False)
-        finally:
-            inside[0] = False
-            with torch.no_grad():
-                for name, value in saved.items():
-                    module.get_buffer(name).copy_(value)
+    def generate(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """Every generated tensor: the part generated here, the rest gathered (a collective)."""
+        ...
 
-    def forward(*args, **kwargs):
-        if inside[0]:  # the call functional_call makes inside run_unit
-            return original(*args, **kwargs)
-        return checkpoint(run_unit, *args, use_reentrant=False, **kwargs)
-
-    module.forward = forward
-    try:
-        yield
-    finally:
-        del module.forward
+    def forward(self, model: MappedModel, args: tuple, kwargs: dict):
+        """The target's forward (``model.forward_with``), generating as the wrapper chooses."""
+        ...
 
 
 def map_model(
@@ -176,7 +145,7 @@ def map_model(
     frozen: Iterable[Selector] = (),
     budget_rule: BudgetRule | None = None,
     device: torch.device | str | None = None,
-    shard: Callable[[ParamLayout], Shard] | None = None,
+    part: Callable[[ParamLayout], Part] | None = None,
     **generator_options,
 ) -> MappedModel:
     """Turn ``model`` into a `MappedModel` whose parameters are generated from small latents.
@@ -194,30 +163,30 @@ def map_model(
     modulation_scale, activation, offset, variant, operator, latent_init_std, constant_init_std,
     mapping_dtype). ``device`` defaults to where ``model``'s parameters are; ``"meta"`` builds shapes only.
 
-    ``shard`` (multi-rank runs) is called with the layout and returns this process's `Shard` of the mapping
-    (`mapscale.distributed.sharding` makes it): the generator then holds only its rows of the mapping and
-    gathers the rest from the other ranks on every forward.
+    ``part`` (multi-rank runs) is called with the layout and returns the `Part` of the flat vector this
+    generator holds (`mapscale.distributed.sharded` makes one per rank and gathers the rest on every forward).
 
     The model's current parameter values are taken as its default initialisation (seed the global RNG
     before building it for a reproducible run); its generated parameters are removed from it.
     """
     layout = ParamLayout.from_module(model, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
-    return _mapped(model, layout, seed, device, shard, generator_options)
+    return _mapped(model, layout, seed, device, part, generator_options)
 
 
 def direct_model(model: nn.Module, frozen: Iterable[Selector] = ()) -> MappedModel:
     """``model`` with every parameter trained directly and nothing generated (the full-training baseline), as a
     `MappedModel` so that it trains, evaluates, checkpoints and reports through the same code as mapped runs.
     ``frozen`` selectors keep tensors fixed (a linear probe: all but the head)."""
-    return _mapped(model, ParamLayout.direct(model, frozen), 0, None, None, {})
+    return MappedModel(model, DirectGenerator(ParamLayout.direct(model, frozen)))
 
 
-def _mapped(model: nn.Module, layout: ParamLayout, seed: int, device, shard, generator_options: dict) -> MappedModel:
+def _mapped(model: nn.Module, layout: ParamLayout, seed: int, device, part, generator_options: dict) -> MappedModel:
     unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown map_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
     config = GeneratorConfig(seed=seed, **generator_options)
-    return build_mapped(model, layout, device, lambda init, device: MappingGenerator(layout, init, config, device=device, shard=None if shard is None else shard(layout)))
+    held = WHOLE if part is None else part(layout)
+    return build_mapped(model, layout, device, lambda init, device: MappingGenerator(layout, init, config, device=device, part=held))
 
 
 def build_mapped(model: nn.Module, layout: ParamLayout, device, make_generator: Callable[[dict[str, Tensor], torch.device], nn.Module]) -> MappedModel:

@@ -1,8 +1,8 @@
 """Peer generators: the simpler ways to train few parameters, behind the `MappedModel` interface.
 
 Both take a `ParamLayout` (so slvt, lwt and glob groupings, budget splits, trainable and frozen tensors apply
-unchanged) and return ``{name: tensor}`` for every generated name, like `MappingGenerator`; only their
-``latents`` train. Selected by ``mapping.generator`` in a recipe (`mapscale.train.build_model`).
+unchanged) and implement the generator contract (`mapscale.mapping.contract`) like `MappingGenerator`; only
+their ``latents`` train. Selected by ``mapping.method`` in a recipe (`mapscale.methods`).
 
 **Random subspace** (Li et al. 2018, "Measuring the Intrinsic Dimension of Objective Landscapes"):
 ``theta_g = theta0_g + P_g z_g`` with ``theta0`` the target's own seeded default init (fixed), ``P_g`` a fixed
@@ -34,55 +34,69 @@ whole trainable budget (recipes can keep tensors trainable with ``mapping.traina
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from mapscale.mapping.generator import latent_init
+from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, generate_tensors, group_offsets, held_bytes, pieces
+from mapscale.mapping.generator import Identity, latent_init
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
 from mapscale.mapping.mapped import MappedModel, build_mapped
-from mapscale.mapping.operators import OPERATORS, mapping_key
+from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key
 
 
-class _PeerGenerator(nn.Module):
-    """What `MappedModel` and the trainer read from any generator: ``layout``, ``outputs``, ``latents``,
-    ``shard`` (peers are never sharded), ``forward(latents=None)`` and ``mapping_bytes()``."""
+class _Peer(nn.Module):
+    """The generator contract's plumbing both peers share: a held piece ``k`` of group ``g`` is
+    ``_piece(k, latents[g])``; the layout's tensors are the target's (no assembly beyond tied names); no Mapping
+    Loss quantities (the recipe refuses the terms for peers, as their papers train on the task loss alone)."""
 
-    shard = None
+    flat_smoothness = True
 
-    def __init__(self, layout: ParamLayout) -> None:
-        super().__init__()
+    def _setup(self, layout: ParamLayout, part: Part) -> None:
         if not layout.groups:
             raise ValueError("the layout generates no tensor: nothing for a peer generator to do")
-        self.layout = layout
+        self.layout, self.part = layout, part
+        self.assembly = Identity(layout.generated_tensors())
+        self.outputs = self.assembly.outputs
+        self.pieces = pieces(layout, part)
+        offsets = group_offsets(layout)
+        self._ranges = [(offsets[index] + start, offsets[index] + stop) for index, start, stop in self.pieces]
         self.latents = nn.ParameterList()
 
-    @property
-    def outputs(self) -> list:
-        return self.layout.generated_tensors()
-
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
+    def _piece(self, k: int, latent: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, latents: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """``{name: tensor}`` for every generated name; ``latents`` (one per group) replace the trained ones."""
-        out: dict[str, Tensor] = {}
-        for index, group in enumerate(self.layout.groups):
-            flat = self.generate_group(index, None if latents is None else latents[index])
-            for spec, piece in zip(group.tensors, flat.split([t.numel for t in group.tensors]), strict=True):
-                tensor = piece.view(spec.shape).to(spec.dtype)
-                for name in spec.names:
-                    out[name] = tensor
-        return out
+    def generate(self, start: int, stop: int, latents=None) -> Tensor:
+        def piece(k: int) -> Tensor:
+            index = self.pieces[k][0]
+            return self._piece(k, self.latents[index] if latents is None else latents[index])
 
-    def mapping_bytes(self) -> int:
-        """Bytes of the fixed (never trained) tensors the generator holds."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())  # its operators' buffers included
+        return from_pieces(self._ranges, start, stop, piece)
+
+    def assemble(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.assembly(tensors)
+
+    def forward(self, latents=None) -> dict[str, Tensor]:
+        return generate_tensors(self, latents)
+
+    def start_from(self, latents) -> None:
+        copy_latents(self.latents, latents)
+
+    def jacobian_sq_norm(self, index: int) -> None:
+        return None
+
+    def modulated_row_means(self, index: int) -> None:
+        return None
+
+    def fixed_bytes(self) -> int:
+        return held_bytes(self)
 
 
-class SubspaceGenerator(_PeerGenerator):
-    """Random-subspace training: ``theta_g = theta0_g + P_g z_g`` (module docstring), ``z_g`` from 0."""
+class SubspaceGenerator(_Peer):
+    """Random-subspace training: ``theta_g = theta0_g + P_g z_g`` (module docstring), ``z_g`` from 0. Implements
+    the generator contract; a ``part`` holds the projection columns and ``theta0`` of its ranges only (its fixed
+    state: the operators' storage and fp32 ``theta0``)."""
 
     def __init__(
         self,
@@ -93,25 +107,30 @@ class SubspaceGenerator(_PeerGenerator):
         operator: str = "dense",
         latent_init_std: float = 0.0,
         device: torch.device | str | None = None,
+        part: Part = WHOLE,
     ) -> None:
-        super().__init__(layout)
+        super().__init__()
+        self._setup(layout, part)
         if operator not in OPERATORS:
             raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
         if not latent_init_std >= 0:
             raise ValueError(f"latent_init_std must be >= 0, got {latent_init_std!r}")
         device = torch.device(device or "cpu")
+        transforms = group_transforms(layout, seed, self.pieces, part, device) if not part.whole and OPERATORS[operator].uses_transform else {}
         self.operators = nn.ModuleList()
-        for index, group in enumerate(layout.groups):
+        for k, (index, start, stop) in enumerate(self.pieces):
+            group = layout.groups[index]
             key = mapping_key(seed, group.name)  # the key mapscale's generator gives this group's W
-            self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device))
-            theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])
-            self.register_buffer(f"theta0_{index}", theta0.to(device), persistent=False)  # (P_g,)
+            columns = None if part.whole else (start, stop)
+            self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device, columns=columns, transform=transforms.get(index)))
+            theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
+            self.register_buffer(f"theta0_{k}", theta0.to(device), persistent=False)  # (stop - start,), not a view of the group
+        for group in layout.groups:
             z0 = latent_init(seed, group.name, group.latent_dim, latent_init_std) if latent_init_std > 0 else torch.zeros(group.latent_dim)
             self.latents.append(nn.Parameter(z0.to(device)))
 
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
-        z = self.latents[index] if latent is None else latent
-        return getattr(self, f"theta0_{index}") + self.operators[index](z)  # (P_g,)
+    def _piece(self, k: int, z: Tensor) -> Tensor:
+        return getattr(self, f"theta0_{k}") + self.operators[k](z)  # (stop - start,)
 
 
 def ring_assignment(seed: int, group: str, ring_size: int, numel: int) -> tuple[Tensor, Tensor]:
@@ -132,9 +151,11 @@ def ring_assignment(seed: int, group: str, ring_size: int, numel: int) -> tuple[
     return index, sign
 
 
-class RingGenerator(_PeerGenerator):
+class RingGenerator(_Peer):
     """Recurrent Parameter Generator: every weight of a group is a fixed signed entry of its trainable ring
-    (module docstring). ``latents[g]`` is group ``g``'s ring (``latent_dim`` entries)."""
+    (module docstring). ``latents[g]`` is group ``g``'s ring (``latent_dim`` entries). A ``part`` holds the ring
+    positions, signs and scales of its ranges only (its fixed state: int64 positions, fp32 scales and shifts,
+    16 bytes a weight); the rings are whole everywhere."""
 
     def __init__(
         self,
@@ -144,30 +165,38 @@ class RingGenerator(_PeerGenerator):
         seed: int = 0,
         constant_init_std: float = 0.02,
         device: torch.device | str | None = None,
+        part: Part = WHOLE,
     ) -> None:
-        super().__init__(layout)
+        super().__init__()
+        self._setup(layout, part)
         device = torch.device(device or "cpu")
         meta = device.type == "meta"
         for index, group in enumerate(layout.groups):
             if meta:
-                index_t, scale, shift = (torch.empty(group.numel, dtype=dt, device=device) for dt in (torch.int64, torch.float32, torch.float32))
                 ring = torch.empty(group.latent_dim, device=device)
             else:
-                index_t, sign = ring_assignment(seed, group.name, group.latent_dim, group.numel)
-                stats = [_init_stats(init_tensors[t.name], constant_init_std) for t in group.tensors]
-                numels = torch.tensor([t.numel for t in group.tensors])
-                std, mean = (torch.repeat_interleave(torch.tensor(column), numels) for column in zip(*stats))
-                scale, shift = sign.float() * std, mean  # (P_g,) each
                 ring = torch.randn(group.latent_dim, generator=torch.Generator().manual_seed(mapping_key(seed, f"{group.name}/ring-init")))
-            self.register_buffer(f"index_{index}", index_t.to(device), persistent=False)  # (P_g,) ring positions
-            self.register_buffer(f"scale_{index}", scale.to(device), persistent=False)  # (P_g,) sign * init std
-            self.register_buffer(f"shift_{index}", shift.to(device), persistent=False)  # (P_g,) init mean
             self.latents.append(nn.Parameter(ring.to(device)))
+        assignments: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+        for k, (index, start, stop) in enumerate(self.pieces):
+            group = layout.groups[index]
+            if meta:
+                index_t, scale, shift = (torch.empty(stop - start, dtype=dt, device=device) for dt in (torch.int64, torch.float32, torch.float32))
+            else:
+                if index not in assignments:  # the whole group's assignment, cut to each held piece
+                    positions, sign = ring_assignment(seed, group.name, group.latent_dim, group.numel)
+                    stats = [_init_stats(init_tensors[t.name], constant_init_std) for t in group.tensors]
+                    numels = torch.tensor([t.numel for t in group.tensors])
+                    std, mean = (torch.repeat_interleave(torch.tensor(column), numels) for column in zip(*stats))
+                    assignments[index] = (positions, sign.float() * std, mean)  # (P_g,) each
+                index_t, scale, shift = (t[start:stop].clone() for t in assignments[index])  # copies: a view would keep the whole group
+            self.register_buffer(f"index_{k}", index_t.to(device), persistent=False)  # (stop - start,) ring positions
+            self.register_buffer(f"scale_{k}", scale.to(device), persistent=False)  # (stop - start,) sign * init std
+            self.register_buffer(f"shift_{k}", shift.to(device), persistent=False)  # (stop - start,) init mean
 
-    def generate_group(self, index: int, latent: Tensor | None = None) -> Tensor:
-        ring = self.latents[index] if latent is None else latent
-        fetched = ring.index_select(0, getattr(self, f"index_{index}"))  # (P_g,); backward scatter-adds into the ring
-        return fetched * getattr(self, f"scale_{index}") + getattr(self, f"shift_{index}")
+    def _piece(self, k: int, ring: Tensor) -> Tensor:
+        fetched = ring.index_select(0, getattr(self, f"index_{k}"))  # (stop - start,); backward scatter-adds into the ring
+        return fetched * getattr(self, f"scale_{k}") + getattr(self, f"shift_{k}")
 
 
 def _init_stats(theta0: Tensor, constant_init_std: float) -> tuple[float, float]:
@@ -183,17 +212,6 @@ def _init_stats(theta0: Tensor, constant_init_std: float) -> tuple[float, float]
 PEERS = {"subspace": SubspaceGenerator, "rpg": RingGenerator}
 
 
-def storage_bytes(peer: str, latent_dim: int, numel: int, operator: str = "dense") -> int:
-    """Bytes of fixed tensors a peer holds for a group (what `_PeerGenerator.mapping_bytes` counts once built):
-    the subspace's projection (its operator's storage) and ``theta0`` (fp32); the ring's int64 positions and fp32
-    scales and shifts, per weight."""
-    if peer == "subspace":
-        return OPERATORS[operator].storage_bytes(latent_dim, numel, torch.float32) + 4 * numel
-    if peer == "rpg":
-        return (8 + 4 + 4) * numel
-    raise ValueError(f"unknown peer generator {peer!r}; choose one of {list(PEERS)}")
-
-
 def peer_model(
     model: nn.Module,
     peer: str,
@@ -205,13 +223,16 @@ def peer_model(
     frozen: Iterable[Selector] = (),
     budget_rule: BudgetRule | None = None,
     device: torch.device | str | None = None,
+    part: Callable[[ParamLayout], Part] | None = None,
     **options,
 ) -> MappedModel:
     """``model`` trained through a peer generator (``"subspace"`` or ``"rpg"``), like `map_model`: the layout
     (grouping, budget, trainable, frozen) is built the same way, and each group's latent dimension is its
     subspace dimension or ring size. ``options``: ``operator``, ``latent_init_std`` (subspace) or
-    ``constant_init_std`` (rpg). The model's current parameters are its default init ``theta0``."""
+    ``constant_init_std`` (rpg). The model's current parameters are its default init ``theta0``. ``part``
+    (``layout -> Part``) makes the generator hold only some ranges of the flat vector."""
     if peer not in PEERS:
         raise ValueError(f"unknown peer generator {peer!r}; choose one of {list(PEERS)}")
     layout = ParamLayout.from_module(model, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
-    return build_mapped(model, layout, device, lambda init, device: PEERS[peer](layout, init, seed=seed, device=device, **options))
+    held = WHOLE if part is None else part(layout)
+    return build_mapped(model, layout, device, lambda init, device: PEERS[peer](layout, init, seed=seed, device=device, part=held, **options))

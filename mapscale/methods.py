@@ -1,0 +1,406 @@
+"""The methods a recipe's ``mapping`` section can name: one section class and one builder each, in one registry.
+
+``mapping.method`` picks the section (a pydantic discriminated union), so a section holds only the fields its
+method reads and any other field is refused as unknown. `METHODS` maps each method name to its section and
+its builder; `mapscale.train.build_model` looks the builder up there and nowhere compares method names.
+
+    mapping     the Mapping Networks method (`mapscale.mapping.generator`), with the LRD add-on (``low_rank``)
+    subspace    random-subspace training (Li et al. 2018), `mapscale.mapping.peers`
+    rpg         Recurrent Parameter Generators (Wang et al. 2021), `mapscale.mapping.peers`
+    finetune    the paper's fine-tuning mode (eq. 25), `mapscale.mapping.finetune`
+    lora, vera  peft adapters on a pretrained target, `mapscale.mapping.adapters`
+    full        every parameter trained directly (the full-training baseline; a linear probe with ``frozen``)
+
+A new method is one section class, one builder and one line in `METHODS` (and its generator, implementing
+`mapscale.mapping.contract.Generator`); the union of sections, `AnyMethod`, is made from `METHODS`. Builders get a `Build`: the recipe, the target (built and seeded by
+`build_model`), the device, and ``part`` (``layout -> Part``: the column ranges a rank holds when the run is
+sharded; None for a whole generator).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from mapscale.section import Section
+
+if TYPE_CHECKING:
+    from mapscale.mapping.contract import Part
+    from mapscale.mapping.layout import ParamLayout
+    from mapscale.mapping.mapped import MappedModel
+    from mapscale.recipe import LossSection, Recipe
+
+TERMS = ("stability", "smoothness", "alignment")
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+
+
+class MethodSection(Section):
+    """What every method section shares: its name, the discriminator of the union."""
+
+    method: str
+    """The method: ``mapping``, ``subspace``, ``rpg``, ``finetune``, ``lora``, ``vera`` or ``full``."""
+
+    def check_loss(self, loss: LossSection) -> None:
+        """Refuse Mapping Loss terms this method cannot take (the default: all of them)."""
+        terms = _terms(loss)
+        if terms:
+            raise ValueError(f"loss terms {terms} are the Mapping Loss's; mapping.method={self.method!r} trains on the task loss alone")
+
+    def describe(self) -> str:
+        """A short name of the configured strategy for reports (``lwt``, ``rpg (slvt)``, ``lora (r=2)``)."""
+        return self.method
+
+    def warm_start(self) -> Path | None:
+        """A latents file the run starts from instead of the method's own init (None: its own init)."""
+        return None
+
+
+class _Selected(MethodSection):
+    seed: int = 0
+    """Keys the method's fixed randomness (mapping weights, ring, projections) and latent init; runs sharing it
+    (and the target) share a mapping."""
+    trainable: list[str] = Field(default_factory=list)
+    """Selectors of tensors kept out of generation and trained directly (e.g. ``"*bn*"``)."""
+
+
+class _Grouped(_Selected):
+    grouping: str | dict[str, str | list[str]] = "slvt"
+    """``slvt`` (one latent), ``lwt`` (one latent per module owning parameters), or ``{group: selectors}`` where a
+    selector is a glob on parameter names (``"layer4.*"``) or ``"re:<regex>"``."""
+    budget: int | dict[str, int] = 2048
+    """Total latent size, split across groups in proportion to sqrt(group size); or ``{group: latent_dim}``."""
+
+    def describe(self) -> str:
+        return self.grouping if isinstance(self.grouping, str) else "custom"
+
+
+class _Generated(_Grouped):
+    frozen: list[str] = Field(default_factory=list)
+    """Selectors of tensors kept out of generation at their initial (or pretrained) values."""
+
+
+class MappingMethod(_Generated):
+    """The Mapping Networks method (``mapscale.map_model``): fixed orthonormal mapping weights, modulated by the
+    trained latents, generate the target's parameters (DESIGN.md section 1)."""
+
+    method: Literal["mapping"] = "mapping"
+    operator: str = "dense"
+    """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``dense`` (the stored matrix, the paper's),
+    ``seeded`` (the same matrix redrawn from the seed on every step, never stored: memory ``latent_dim²`` per group,
+    time bound by random-number generation) or ``structured`` (a randomized Hadamard transform, ``O(P log d)``
+    time and 3 bits per parameter: for targets whose dense mapping does not fit)."""
+    modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
+    """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
+    modulation_scale: float = Field(0.1, gt=0)
+    """The modulation scale alpha."""
+    activation: Literal["identity", "tanh"] = "identity"
+    """Activation of eq. 21."""
+    offset: Literal["mean", "init"] = "mean"
+    """``mean``: generated tensors start with the target's init statistics; ``init``: start at its init weights."""
+    variant: Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"] = "mapping"
+    """The paper's Table 7 variant (what trains)."""
+    latent_init_std: float | None = Field(None, ge=0)
+    """Std of the seeded latent init; default 1.0 for ``offset=mean``, 0.0 for ``offset=init``."""
+    constant_init_std: float = Field(0.02, gt=0)
+    """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
+    latent_seed: int | None = None
+    """Keys the latent init instead of ``seed`` (None: ``seed``): runs differing only in it share one mapping and
+    start from different latents (``mapscale space``). Needs ``latent_init_std`` > 0 to make a difference."""
+    latent_from: Path | None = None
+    """A latents file (``mapscale.space.save_latents``: one tensor per group, and the mapping fingerprint it
+    belongs to) the run starts from instead of the seeded init: a warm start (``mapscale search``). The run is
+    refused if the file's mapping differs from the recipe's."""
+    low_rank: int | None = Field(None, ge=1)
+    """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
+    low_rank_tensors: list[str] = Field(default_factory=list)
+    """LRD: the weights to factor (selectors); empty: every weight whose factors are smaller than it."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.low_rank_tensors and self.low_rank is None:
+            raise ValueError("mapping.low_rank_tensors needs mapping.low_rank (the rank)")
+        if self.variant == "lv-wmap" and self.modulation == "none":
+            raise ValueError("mapping.variant='lv-wmap' modulates the mapping with its own vector; mapping.modulation='none' leaves nothing to modulate")
+        return self
+
+    def check_loss(self, loss: LossSection) -> None:
+        starts_at_zero = self.offset == "init" and not self.latent_init_std and self.latent_from is None
+        if starts_at_zero and loss.alignment is not None:
+            # Measured (bench/peers.py notes): CNN2 SLVT 1,024 with alignment 1e-2 stayed at chance for 60 steps.
+            raise ValueError(
+                "loss.alignment (1 - cos(z, W_m)) has no direction at the zero latent an offset='init' run starts from, and its "
+                "gradient there swamps the task's; use mapping.offset='mean' or mapping.latent_init_std > 0, or leave it off"
+            )
+
+    def warm_start(self) -> Path | None:
+        return self.latent_from
+
+    def generator_options(self) -> dict:
+        """The `GeneratorConfig` fields of this section (the rest choose the layout or the add-on)."""
+        return self.model_dump(include={"operator", "modulation", "modulation_scale", "activation", "offset", "variant", "latent_init_std", "latent_seed", "constant_init_std"})
+
+
+
+class SubspaceMethod(_Generated):
+    """Random-subspace training (Li et al. 2018): ``theta = theta0 + P z``, ``P`` the transpose of a mapping
+    operator keyed like the mapping's (orthonormal columns), ``z`` from 0 (``mapscale.mapping.peers``)."""
+
+    method: Literal["subspace"] = "subspace"
+    operator: str = "dense"
+    """The projection's operator (``dense``, ``seeded``, ``structured``), as the mapping's ``operator``."""
+    latent_init_std: float = Field(0.0, ge=0)
+    """Std of the seeded init of ``z``; 0: start exactly at the target's init ``theta0``."""
+
+    def describe(self) -> str:
+        return f"subspace ({super().describe()})"
+
+
+
+class RpgMethod(_Generated):
+    """Recurrent Parameter Generators (Wang et al. 2021): each group's weights are fixed signed entries of a
+    trainable ring of ``budget`` entries (``mapscale.mapping.peers``); the ring starts ``N(0, 1)``."""
+
+    method: Literal["rpg"] = "rpg"
+    constant_init_std: float = Field(0.02, gt=0)
+    """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
+
+    def describe(self) -> str:
+        return f"rpg ({super().describe()})"
+
+
+class FinetuneMethod(_Grouped):
+    """The paper's fine-tuning mode (eq. 25, ``mapscale.mapping.finetune``): the pretrained ``target.weights``
+    stay frozen and generated elements modulate the tuned ones; the run starts exactly at the pretrained model.
+    Untuned tensors are frozen unless ``trainable`` selects them."""
+
+    method: Literal["finetune"] = "finetune"
+    tuned: list[str] = Field(default_factory=list)
+    """Selectors of the tuned tensors (``["layer4.*", "fc.*"]``); empty: every tensor."""
+    block_size: int = Field(1, ge=1)
+    """Weights modulated by one generated element (the paper's L; it reports 1, 250, 25,000). An int budget is
+    capped at the element count sum_t ceil(numel_t / L)."""
+    form: Literal["additive", "multiplicative"] = "additive"
+    """``additive`` (the paper's ``w + alpha sigma o``, sigma the tensor's pretrained std) or ``multiplicative``
+    (a gate ``w (1 + alpha o)``)."""
+    scale: float = Field(0.1, gt=0)
+    """alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of element; a latent
+    with unit-variance entries moves elements by about one. Not yet measured."""
+    operator: str = "dense"
+    """The element mapping's operator (``dense``, ``seeded``, ``structured``), as the mapping's ``operator``."""
+    modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
+    """The element mapping's eq. 20 form."""
+    modulation_scale: float = Field(0.1, gt=0)
+    """The element mapping's modulation scale alpha."""
+    activation: Literal["identity", "tanh"] = "identity"
+    """Activation of the element mapping's eq. 21."""
+    variant: Literal["mapping", "lv-wmap", "lv-full-dnn"] = "mapping"
+    """The paper's Table 7 variant (``full-dnn`` freezes the latents at 0, where the mapping gets no gradient)."""
+
+    def check_loss(self, loss: LossSection) -> None:
+        if loss.alignment is not None:
+            raise ValueError("loss.alignment is undefined at the zero latent every fine-tuning run starts from; leave it off with mapping.method='finetune'")
+
+    def describe(self) -> str:
+        return f"finetune (L={self.block_size})"
+
+
+
+class LoraMethod(_Selected):
+    """peft LoRA adapters on the modules owning the ``tuned`` tensors of the pretrained ``target.weights``
+    (``mapscale.mapping.adapters``); the rest is frozen unless ``trainable`` selects it."""
+
+    method: Literal["lora"] = "lora"
+    tuned: list[str] = Field(default_factory=list)
+    """Selectors of the tensors whose modules get adapters (``["layer4.*", "fc.*"]``); empty: every tensor's."""
+    rank: int | None = Field(None, ge=1)
+    """The adapter rank; None: the rank whose trainable count is nearest ``budget``."""
+    budget: int = Field(2048, ge=1)
+    """The trainable count the rank is matched to when ``rank`` is None."""
+
+    def describe(self) -> str:
+        return self.method + (f" (r={self.rank})" if self.rank is not None else f" (rank for {self.budget:,})")
+
+
+class VeraMethod(LoraMethod):
+    """peft VeRA adapters (shared frozen random projections, trained scaling vectors), as `LoraMethod`."""
+
+    method: Literal["vera"] = "vera"
+
+
+class FullMethod(MethodSection):
+    """Nothing generated: every parameter trains directly (the paper's full-training baseline). A linear probe is
+    every tensor but the head's ``frozen``."""
+
+    method: Literal["full"] = "full"
+    frozen: list[str] = Field(default_factory=list)
+    """Selectors of tensors kept fixed at their initial (or pretrained) values."""
+
+    def check_loss(self, loss: LossSection) -> None:
+        terms = _terms(loss)
+        if terms:
+            raise ValueError(f"loss terms {terms} act on latents; mapping.method='full' has none (the task loss alone trains it)")
+
+    def describe(self) -> str:
+        return "full training" if not self.frozen else f"partial training ({len(self.frozen)} frozen selectors)"
+
+
+def _terms(loss: LossSection) -> list[str]:
+    return [t for t in TERMS if getattr(loss, t) is not None]
+
+
+# -- builders ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a builder gets: the recipe, its target (seeded, on the device or meta; pretrained weights loaded
+    unless the method loads them itself), the device, and the part a sharded run's rank holds."""
+
+    recipe: Recipe
+    target: nn.Module
+    device: torch.device
+    part: Callable[[ParamLayout], Part] | None = None
+
+    @property
+    def meta(self) -> bool:
+        return self.device.type == "meta"
+
+    @property
+    def layout_device(self):
+        """Where the generator builds: meta for shapes only, else where the target's parameters are."""
+        return "meta" if self.meta else None
+
+
+def build_mapping(section: MappingMethod, build: Build) -> MappedModel:
+    from mapscale.mapping.lowrank import low_rank_model
+    from mapscale.mapping.mapped import map_model
+
+    common = dict(
+        seed=section.seed, trainable=_each(section.trainable), frozen=_each(section.frozen),
+        device=build.layout_device, part=build.part, **section.generator_options(),
+    )
+    if section.low_rank is not None:
+        return low_rank_model(build.target, section.low_rank, _each(section.low_rank_tensors), selectors(section.grouping), section.budget, **common)
+    return map_model(build.target, selectors(section.grouping), section.budget, **common)
+
+
+def build_subspace(section: SubspaceMethod, build: Build) -> MappedModel:
+    from mapscale.mapping.peers import peer_model
+
+    return peer_model(
+        build.target, "subspace", selectors(section.grouping), section.budget, seed=section.seed,
+        trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part,
+        operator=section.operator, latent_init_std=section.latent_init_std,
+    )
+
+
+def build_rpg(section: RpgMethod, build: Build) -> MappedModel:
+    from mapscale.mapping.peers import peer_model
+
+    return peer_model(
+        build.target, "rpg", selectors(section.grouping), section.budget, seed=section.seed,
+        trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part,
+        constant_init_std=section.constant_init_std,
+    )
+
+
+def build_finetune(section: FinetuneMethod, build: Build) -> MappedModel:
+    """The pretrained ``target.weights`` loaded (a tuned head may differ in shape and keep its seeded init), then
+    modulated by generated elements."""
+    from mapscale.mapping.finetune import finetune_model, load_pretrained
+    from mapscale.targets import load_state_dict
+
+    recipe, tuned = build.recipe, _each(section.tuned)
+    if not build.meta:
+        if recipe.target.weights is None:
+            raise ValueError(
+                f"mapping.method='finetune' modulates pretrained weights, and target.weights is not set for {recipe.target.name}: "
+                "download them (for torchvision:resnet50, torchvision's IMAGENET1K_V1 file "
+                "https://download.pytorch.org/models/resnet50-0676ba61.pth) and give target.weights=/path/resnet50.pth"
+            )
+        load_pretrained(build.target, load_state_dict(recipe.target.weights), tuned)
+    return finetune_model(
+        build.target, tuned, section.block_size, section.form, section.scale, selectors(section.grouping), section.budget,
+        seed=section.seed, trainable=_each(section.trainable), device=build.layout_device, part=build.part,
+        modulation=section.modulation, modulation_scale=section.modulation_scale, activation=section.activation,
+        variant=section.variant, operator=section.operator,
+    )
+
+
+def build_adapters(section: LoraMethod, build: Build) -> MappedModel:
+    """peft adapters on the pretrained target. Built for real even for the meta device (peft draws its initial
+    adapters): fine for the targets it tunes."""
+    from mapscale.mapping.adapters import adapter_model, matching_rank
+    from mapscale.mapping.finetune import load_pretrained
+    from mapscale.targets import build_target, load_state_dict
+
+    recipe, target, tuned = build.recipe, build.target, _each(section.tuned)
+    if recipe.target.weights is None and not build.meta:
+        raise ValueError(f"mapping.method={section.method!r} adapts pretrained weights, and target.weights is not set for {recipe.target.name}")
+    if recipe.target.weights is not None and not build.meta:
+        load_pretrained(target, load_state_dict(recipe.target.weights))
+    if build.meta:  # counts only: peft initialises its adapters, which meta tensors cannot
+        torch.manual_seed(recipe.seed)
+        target = build_target(recipe.target.name, recipe.target.args, None)
+    rank = section.rank if section.rank is not None else matching_rank(target, section.method, section.budget, tuned)[0]
+    return adapter_model(target, section.method, rank, tuned, trainable=_each(section.trainable), seed=section.seed)
+
+
+def build_full(section: FullMethod, build: Build) -> MappedModel:
+    from mapscale.mapping.mapped import direct_model
+
+    return direct_model(build.target, _each(section.frozen))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry. ``generates``: the builder makes a generator of the flat vector, which a sharded run
+    splits over ranks (``build.part``); otherwise nothing is generated and ranks only average gradients.
+    ``pretrained``: the builder loads ``target.weights`` itself (shapes may differ)."""
+
+    section: type[MethodSection]
+    build: Callable[[MethodSection, Build], MappedModel]
+    generates: bool = True
+    pretrained: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "mapping": Method(MappingMethod, build_mapping),
+    "subspace": Method(SubspaceMethod, build_subspace),
+    "rpg": Method(RpgMethod, build_rpg),
+    "finetune": Method(FinetuneMethod, build_finetune, pretrained=True),
+    "lora": Method(LoraMethod, build_adapters, generates=False, pretrained=True),
+    "vera": Method(VeraMethod, build_adapters, generates=False, pretrained=True),
+    "full": Method(FullMethod, build_full, generates=False),
+}
+
+AnyMethod = Annotated[Union[tuple(method.section for method in METHODS.values())], Field(discriminator="method")]  # noqa: UP007
+"""The ``mapping`` section of a recipe: the section of the method its ``method`` names (one per `METHODS` entry)."""
+
+
+# -- selectors as recipes write them -------------------------------------------------------------------------
+
+
+def selector(text: str):
+    """A recipe's selector string: ``"re:<regex>"`` a compiled regex, anything else a glob."""
+    return re.compile(text[3:]) if text.startswith("re:") else text
+
+
+def _each(texts: list[str]) -> list:
+    return [selector(s) for s in texts]
+
+
+def selectors(grouping):
+    """A recipe's grouping with its selector strings compiled."""
+    if isinstance(grouping, str):
+        return grouping
+    return {g: [selector(s) for s in ([sel] if isinstance(sel, str) else sel)] for g, sel in grouping.items()}
