@@ -15,8 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -45,6 +45,29 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# Errors that mean bad input (a recipe, a path, a run directory that is not one): one line and exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Bad input raised inside the block ends the command with its message on one line and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        _fail(str(err))
+
+
+def _checked(call, world, errors=USER_ERRORS):
+    """``call()``, or None after printing (rank 0) the message of a bad-input error of type ``errors``."""
+    try:
+        return call()
+    except errors as err:
+        if world.is_main:
+            _error(str(err))
+        return None
+
+
 def _load(recipe_path: Path, overrides: list[str] | None):
     from mapscale.recipe import RecipeError, load_recipe
 
@@ -69,16 +92,20 @@ def train(
     Reproduce a run with `mapscale train RUN_DIR/recipe.json`; continue an interrupted one with
     `mapscale train RUN_DIR --resume`.
     """
-    from mapscale.data import DataError
     from mapscale.distributed.world import World
-    from mapscale.train import new_run_dir, train as run_training, write_run_files
+    from mapscale.recipe import RecipeError
+    from mapscale.train import new_run_dir, prepare, train as run_training, write_run_files
 
     recipe = _load(recipe_path, overrides)
     if print_config:
         console.print_json(recipe.model_dump_json())
         return
     if dry_run:
-        _print_layout(recipe, world_size=1)
+        from mapscale.train.build import check_paths
+
+        with _user_errors():
+            check_paths(recipe, data_needed=False)
+            _print_layout(recipe, world_size=1)
         return
     if resume:
         run_dir = recipe_path if recipe_path.is_dir() else recipe_path.parent
@@ -89,21 +116,18 @@ def train(
     # Under torchrun / deepspeed every rank runs this command; rank 0 alone names and writes the run directory.
     world = World.start(recipe.distributed.backend, device)
     out = console if world.is_main else Console(quiet=True)
-    result, code = None, 0
+    result, code = None, 2
     try:
-        if not resume:
+        # Bad input fails here, before a run directory exists: nothing is left behind.
+        run = _checked(lambda: prepare(recipe, world, device, out, warm_start=not resume), world)
+        if run is not None and not resume:
             run_dir = world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
             if world.is_main:
                 write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
-        out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
-        try:
-            result = run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=out, world=world)
-        except (DataError, FileNotFoundError, ValueError) as err:
-            if world.is_main and not resume and not (run_dir / "checkpoint.pt").exists():
-                shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
-            if world.is_main:
-                _error(str(err))
-            code = 2
+        if run is not None:
+            out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
+            # A crash from here on keeps the run directory and its metrics, and ends with the traceback.
+            result = _checked(lambda: run_training(recipe, run_dir, resume=resume, stop_after=stop_after, device=device, console=out, world=world, prepared=run), world, RecipeError)
     finally:
         world.stop()
     if result is not None:
@@ -129,11 +153,9 @@ def evaluate(
     from mapscale.train import evaluate as run_eval, load_run
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
+    with _user_errors():
         recipe, model, state = load_run(run, device)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    data = build_datasets(recipe.data, recipe.task)
+        data = build_datasets(recipe.data, recipe.task)
     metrics = run_eval(model, data.test, recipe, data.num_classes, device)
     table = Table(title=f"{recipe.name} at step {state['step']} on the test split ({len(data.test)} examples)")
     table.add_column("metric")
@@ -170,10 +192,8 @@ def export(
     from mapscale.export import SparsityReport, export_run
 
     out = out or Path("model.pt" if quantize else "model.safetensors")
-    try:
+    with _user_errors():
         result = export_run(run, out, prune=prune, quantize=quantize)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
     if result.sparsity is not None:
         report, fraction = result.sparsity, SparsityReport.sparsity
         table = Table(title=f"pruned {report.amount:.0%} of each of {len(report.tensors)} weights by magnitude")
@@ -216,13 +236,16 @@ def launch(
 
     from mapscale.distributed.launch import find_launcher, format_command, launch_command, run_command
 
-    try:
+    from mapscale.train.build import check_world
+
+    with _user_errors():
         argv = launch_command(
             recipe_path, overrides or [], nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
             master_port=master_port, hostfile=hostfile, launcher=launcher, deepspeed_config=deepspeed_config,
         )
-    except ValueError as err:
-        _fail(str(err))
+        # The recipe and the world size are checked here, once, rather than on every rank after the launch.
+        recipe_overrides = [o for o in overrides or [] if "=" in o and not o.startswith("-")]  # not the options after --
+        check_world(_load(Path(recipe_path), recipe_overrides), nproc * nnodes)
     executable = find_launcher(argv[0])
     if executable is None and not dry_run:
         _fail(f"{argv[0]} not found next to {sys.executable} or on PATH; install torch (torchrun) or deepspeed in this environment")
@@ -241,10 +264,8 @@ def report(
     train-test gap) and write it with training-curve and metric-vs-trainable plots (PNG) into --out."""
     from mapscale.report import markdown_table, plot_curves, plot_metric_vs_trainable, summarize
 
-    try:
+    with _user_errors():
         summaries = [summarize(run) for run in runs]
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
     table = markdown_table(summaries)
     out.mkdir(parents=True, exist_ok=True)
     curves = plot_curves(summaries, out / "curves.png")
@@ -273,11 +294,9 @@ def space(
     section and seed in each checkpoint), then lists them with the distances between their latents."""
     from mapscale.space import SpaceError, check_shared_mapping, latent_distances, read_points
 
-    try:
+    with _user_errors():
         points = read_points(runs)
         check_shared_mapping(points)
-    except (FileNotFoundError, SpaceError) as err:
-        _fail(str(err))
     console.print(f"{len(points)} runs share mapping {points[0].fingerprint}")
     if check:
         return
@@ -303,10 +322,8 @@ def interpolate(
     two materialised weight vectors: a loss-barrier view (table, markdown and PNG plot)."""
     from mapscale.space import Space, SpaceError
 
-    try:
+    with _user_errors():
         result = Space.open([run_a, run_b], _device(device)).interpolate(0, 1, steps)
-    except (FileNotFoundError, SpaceError) as err:
-        _fail(str(err))
     table = Table(title=f"test {result.metric} from {result.run_a} (t=0) to {result.run_b} (t=1)")
     for column in ("t", "latent path", "weight path"):
         table.add_column(column, justify="right")
@@ -328,10 +345,8 @@ def ensemble(
     """The test metric of each run, of the averaged-latent model and of the output ensemble (mean softmax)."""
     from mapscale.space import Space, SpaceError
 
-    try:
+    with _user_errors():
         result = Space.open(runs, _device(device)).ensemble()
-    except (FileNotFoundError, SpaceError) as err:
-        _fail(str(err))
     table = Table(title="members, averaged latent, output ensemble (test split of the first run)")
     keys = list(result.averaged_latent)
     for column in ("model", *keys):
@@ -362,10 +377,8 @@ def search(
     from mapscale.space import search as run_search
 
     recipe = _load(recipe_path, overrides)
-    try:
+    with _user_errors():
         result = run_search(recipe, sources, out, init=init, target=target, eval_every=eval_every, device=_device(device), console=console)
-    except (DataError, FileNotFoundError, ValueError) as err:  # SpaceError is a ValueError
-        _fail(str(err))
     markdown = result.markdown()
     (out / "search.md").write_text(markdown)
     plot = result.plot(out / "search.png")

@@ -31,8 +31,8 @@ them to -∞, and under a softplus they collapse to 0. Here each switched-on ter
   ``λ_max = 1`` gave -1.5 and +0.5; or
 - ``coefficients="fixed"``: ``λ`` is the given value, a constant.
 
-Pass ``None`` (or 0) for a term's λ to switch it off. Per-term values, coefficients and wall time (the
-forward work of each term, only when ``time_terms``; CUDA is then synchronised around each) come back in
+Pass ``None`` (or 0) for a term's λ to switch it off. Per-term values, coefficients and wall time (only when
+``time_terms``; the device is synchronised around each term only with ``time_terms="sync"``) come back in
 `LossOutput`.
 """
 
@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from mapscale.mapping.contract import group_offsets, views
-from mapscale.mapping.mapped import MappedModel
+from mapscale.mapping.mapped import MappedModel, RngState
 from mapscale.mapping.operators import mapping_key
 
 TERMS = ("stability", "smoothness", "alignment")
@@ -71,7 +71,8 @@ class LossOutput:
 
 
 class MappingLoss(nn.Module):
-    """The Mapping Loss over a `MappedModel`: ``loss(model, inputs, targets) -> LossOutput``.
+    """The Mapping Loss of a `MappedModel`'s output: ``loss(output, targets, model, inputs=..., rng=..., step=...)
+    -> LossOutput``. The trainer runs the model; the loss never runs its clean forward.
 
     Args:
         task_loss: ``(output, targets) -> scalar``.
@@ -82,9 +83,10 @@ class MappingLoss(nn.Module):
         coefficient_bounds: ``(λ_min, λ_max)`` of learned coefficients.
         smoothness_estimator: ``"auto"`` (exact where cheap, else Hutchinson), ``"exact"`` or ``"hutchinson"``.
         hutchinson_samples: JVPs averaged per Hutchinson estimate.
-        seed: keys the per-step noise (perturbations, Hutchinson probes) with the step count, so every
-            rank and a resumed run draw the same noise; the step count is part of the state_dict.
-        time_terms: measure each term's wall time.
+        seed: keys the per-step noise (perturbations, Hutchinson probes) with the optimiser step the trainer
+            passes, so every micro-batch of a step, every rank and a resumed run draw the same noise.
+        time_terms: measure each term's wall time: False (default), True (host time, no synchronisation) or
+            ``"sync"`` (the device synchronised around each term: a stall on every GPU step).
     """
 
     def __init__(
@@ -100,7 +102,7 @@ class MappingLoss(nn.Module):
         smoothness_estimator: Literal["auto", "exact", "hutchinson"] = "auto",
         hutchinson_samples: int = 1,
         seed: int = 0,
-        time_terms: bool = True,
+        time_terms: bool | str = False,
     ) -> None:
         super().__init__()
         if coefficients not in COEFFICIENTS:
@@ -109,6 +111,8 @@ class MappingLoss(nn.Module):
             raise ValueError(f"unknown smoothness_estimator {smoothness_estimator!r}; choose one of {list(ESTIMATORS)}")
         if not stability_eps >= 0:
             raise ValueError(f"stability_eps must be >= 0, got {stability_eps}")
+        if time_terms not in (False, True, "sync"):
+            raise ValueError(f"time_terms must be False, True or 'sync', got {time_terms!r}")
         if not isinstance(hutchinson_samples, int) or hutchinson_samples < 1:
             raise ValueError(f"hutchinson_samples must be a positive int, got {hutchinson_samples!r}")
         low, high = coefficient_bounds
@@ -136,7 +140,6 @@ class MappingLoss(nn.Module):
             self.raw_coefficients = nn.Parameter(torch.tensor(raw, dtype=torch.float32))
         else:
             self.register_buffer("raw_coefficients", torch.tensor(raw, dtype=torch.float32))
-        self.step = 0
 
     # -- coefficients -------------------------------------------------------------------------------------
 
@@ -155,23 +158,26 @@ class MappingLoss(nn.Module):
 
     # -- the loss -----------------------------------------------------------------------------------------
 
-    def forward(self, model: MappedModel, inputs, targets) -> LossOutput:
-        step, self.step = self.step, self.step + 1
-        device = next(model.parameters()).device
-        clock = _Clock(device if self.time_terms else None)
+    def forward(self, output, targets, model: MappedModel | None = None, *, inputs=None, rng: RngState | None = None, step: int = 0) -> LossOutput:
+        """The loss of ``output`` (the trainer's forward of ``model`` on ``inputs``) against ``targets``.
 
-        rng_state = _rng_state(device)
-        generated = model.generated_tensors()
-        output = model.forward_with(generated, inputs)
+        The terms read what they need: stability the model (a second forward, `MappedModel.forward_aside`, from
+        perturbed latents), ``inputs`` and ``rng`` (the random state captured before the clean forward, `capture_rng`,
+        so the perturbed pass draws the same dropout masks); smoothness and alignment the generator (its contract).
+        ``step`` is the optimiser step: it keys the noise, so every micro-batch of a step, every rank and a resumed
+        run draw the same perturbation."""
+        clock = _Clock(self.time_terms, _device_of(output))
         task = self.task_loss(output, targets)
         result = LossOutput(total=task, output=output, values={"task": task.detach()})
         clock.record(result.seconds, "task")
+        if self.terms and model is None:
+            raise ValueError(f"the Mapping Loss terms {self.terms} need the model")
 
         coefficients = self.coefficient_values()
         total = task
         for i, name in enumerate(self.terms):
             if name == "stability":
-                value = self._stability(model, generated, output, inputs, rng_state, step)
+                value = self._stability(model, output, inputs, rng, step)
             elif name == "smoothness":
                 value = self._smoothness(model, step)
             else:
@@ -185,18 +191,20 @@ class MappingLoss(nn.Module):
         result.total = total
         return result
 
+    @property
+    def perturbs(self) -> bool:
+        """Whether a step's loss needs the random state before the forward (`capture_rng`) and the inputs."""
+        return "stability" in self.terms
+
     def _noise(self, step: int, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(mapping_key(self.seed, f"loss/{purpose}/{step}"))
 
-    def _stability(self, model: MappedModel, generated, output, inputs, rng_state, step: int) -> Tensor:
+    def _stability(self, model: MappedModel, output, inputs, rng: RngState | None, step: int) -> Tensor:
+        if inputs is None or rng is None:
+            raise ValueError("the stability term needs the step's inputs and the random state captured before its forward (capture_rng)")
         noise = self._noise(step, "stability")
         latents = [z + self.stability_eps * torch.randn(z.shape, generator=noise).to(z.device) for z in model.generator.latents]
-        perturbed = model.generated_tensors(latents)
-        # Running statistics of the perturbed pass go to copies; the real buffers see only the clean pass.
-        buffers = {n: b.clone() for n, b in model.target.named_buffers() if n not in generated and b.numel() > 0}
-        with torch.random.fork_rng(devices=[device for device in [rng_state[1]] if device is not None]):
-            _restore_rng(rng_state)
-            perturbed_output = model.forward_with({**buffers, **perturbed}, inputs)
+        perturbed_output = model.forward_aside(latents, inputs, rng=rng)
         pairs = list(zip(tree_leaves(perturbed_output), tree_leaves(output)))
         diffs = [F.mse_loss(p, c) for p, c in pairs if isinstance(c, Tensor) and c.is_floating_point()]
         if not diffs:
@@ -226,13 +234,6 @@ class MappingLoss(nn.Module):
             cosine = torch.dot(z, row_means) / (torch.linalg.vector_norm(z) * torch.linalg.vector_norm(row_means)).clamp_min(1e-12)
             terms.append(1 - cosine)
         return torch.stack(terms).mean()
-
-    # The step count keys the noise: checkpoint it with the coefficients.
-    def get_extra_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def extra_repr(self) -> str:
         mode = "learned" if self.learned else "fixed"
@@ -266,30 +267,23 @@ def hutchinson_jacobian_sq_norm(model: MappedModel, samples: int, noise: torch.G
 
 
 class _Clock:
-    """Wall time between laps; synchronises CUDA so a lap covers the work launched in it."""
+    """Wall time between laps, when timing is on (``time_terms``): ``True`` times the host (on a GPU the launch
+    of the work, not the kernels), ``"sync"`` synchronises the device around each lap, so a lap covers its work."""
 
-    def __init__(self, device: torch.device | None) -> None:
-        self.device = device
+    def __init__(self, timing: bool | str, device: torch.device | None) -> None:
+        self.timing, self.device = timing, device
         self.last = time.perf_counter()
 
     def record(self, seconds: dict[str, float], name: str) -> None:
         """Store the time since the last record under ``name`` (nothing when timing is off)."""
-        if self.device is None:
+        if not self.timing:
             return
-        if self.device.type == "cuda":
+        if self.timing == "sync" and self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
         seconds[name], self.last = now - self.last, now
 
 
-def _rng_state(device: torch.device) -> tuple[Tensor, torch.device | None, Tensor | None]:
-    if device.type == "cuda":
-        return torch.get_rng_state(), device, torch.cuda.get_rng_state(device)
-    return torch.get_rng_state(), None, None
-
-
-def _restore_rng(state) -> None:
-    cpu, device, cuda = state
-    torch.set_rng_state(cpu)
-    if device is not None:
-        torch.cuda.set_rng_state(cuda, device)
+def _device_of(output) -> torch.device | None:
+    """The device of the first tensor in ``output`` (where the terms run, for a synchronised clock)."""
+    return next((t.device for t in tree_leaves(output) if isinstance(t, Tensor)), None)

@@ -29,6 +29,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from mapscale.mapping.layout import GROUPINGS
 from mapscale.section import Section
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mapscale.recipe import LossSection, Recipe
 
 TERMS = ("stability", "smoothness", "alignment")
+
 
 
 # -- sections ------------------------------------------------------------------------------------------------
@@ -78,6 +80,17 @@ class _Grouped(_Selected):
     selector is a glob on parameter names (``"layer4.*"``) or ``"re:<regex>"``."""
     budget: int | dict[str, int] = 2048
     """Total latent size, split across groups in proportion to sqrt(group size); or ``{group: latent_dim}``."""
+
+    @model_validator(mode="after")
+    def _grouping_and_budget(self):
+        if isinstance(self.grouping, str) and self.grouping not in GROUPINGS:
+            raise ValueError(f"mapping.grouping {self.grouping!r} is not one of {list(GROUPINGS)} nor a {{group: selectors}} dict")
+        if isinstance(self.grouping, dict) and not self.grouping:
+            raise ValueError("mapping.grouping is an empty dict: name at least one group and its selectors")
+        dims = self.budget.values() if isinstance(self.budget, dict) else [self.budget]
+        if any(dim < 1 for dim in dims):
+            raise ValueError(f"mapping.budget {self.budget} must be at least 1 (a latent size per group, or their total)")
+        return self
 
     def describe(self) -> str:
         return self.grouping if isinstance(self.grouping, str) else "custom"

@@ -25,6 +25,7 @@ import difflib
 import importlib.util
 import json
 import sys
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -88,8 +89,9 @@ class LossSection(Section):
     """Exact where the operator allows it, else Hutchinson."""
     hutchinson_samples: int = Field(1, ge=1)
     """JVPs per Hutchinson estimate."""
-    time_terms: bool = True
-    """Log each term's forward time (``seconds_<term>`` in metrics.jsonl); on CUDA this synchronises per term."""
+    time_terms: bool | Literal["sync"] = False
+    """Log each term's wall time (``seconds_<term>`` in metrics.jsonl): ``true`` measures the host (on a GPU the
+    launch, not the kernels), ``"sync"`` synchronises the device around each term (a stall on every GPU step)."""
 
 
 class DataSection(Section):
@@ -134,6 +136,36 @@ class DataSection(Section):
     """``timeseries``: the target is ``target_column`` this many rows after the window's last row."""
     standardise_target: bool = False
     """``timeseries``: standardise the target with the training part's statistics too (MSE in those units)."""
+
+    @model_validator(mode="after")
+    def _fields_the_source_reads(self) -> DataSection:
+        """A field the chosen source does not read must keep its default: a value there would be ignored."""
+        ignored = _IGNORED_BY.get(self.name, _IGNORED_BY["(hub)"] if self.name not in _LOCAL_SOURCES else set())
+        changed = sorted(k for k in ignored if getattr(self, k) != type(self).model_fields[k].get_default(call_default_factory=True))
+        if changed:
+            raise ValueError(f"data.name={self.name!r} does not read {', '.join('data.' + k for k in changed)}; leave {'it' if len(changed) == 1 else 'them'} unset")
+        return self
+
+    @property
+    def needs_path(self) -> bool:
+        """Whether the source reads local files (``data.path``); recipes may leave it to the command line."""
+        return self.name in _NEEDS_PATH
+
+
+_IMAGE = {"image_size", "channels", "mean", "std"}
+_SERIES = {"window", "horizon", "standardise_target"}
+_LOCAL_SOURCES = ("shipped_mnist", "imagefolder", "segfolder", "timeseries", "text", "csv", "parquet", "json")
+_NEEDS_PATH = ("imagefolder", "segfolder", "timeseries", "text", "csv", "parquet", "json")
+# Per source, the fields `mapscale.data` never reads (hub: any other name).
+_IGNORED_BY: dict[str, set[str]] = {
+    "shipped_mnist": {"path", "input_column", "target_column", "feature_columns", *_SERIES},
+    "imagefolder": {"feature_columns", *_SERIES},
+    "segfolder": {"input_column", "target_column", "feature_columns", "classes", *_SERIES},
+    "timeseries": {"split_seed", "input_column", "max_examples", "classes", *_IMAGE},
+    "text": {"split_seed", "input_column", "target_column", "feature_columns", "classes", "horizon", "standardise_target", *_IMAGE},
+    "csv": set(_SERIES), "parquet": set(_SERIES), "json": set(_SERIES),
+    "(hub)": {"path", *_SERIES},
+}
 
 
 class OptimSection(Section):
@@ -303,6 +335,10 @@ def _recipe_from_file(path: Path) -> Recipe:
         spec.loader.exec_module(module)
     except ValidationError as err:
         raise RecipeError(f"{path}: {_format_error(err)}") from None
+    except RecipeError:
+        raise
+    except Exception as err:  # the user's code failed: name its file and line, not mapscale's frames
+        raise RecipeError(_user_code_error(path, err)) from None
     finally:
         sys.path.remove(str(path.parent.resolve()))
     explicit = getattr(module, "recipe", None)
@@ -319,11 +355,29 @@ def _recipe_from_file(path: Path) -> Recipe:
     raise RecipeError(f"{path} defines several recipes ({names}); say which with `recipe = <one of them>`")
 
 
+def _user_code_error(path: Path, err: BaseException) -> str:
+    """``path, line N: Error: message``, naming the frames of the recipe's own folder (the recipe file and the
+    neighbours it imports), innermost last, and none of mapscale's or the libraries'."""
+    if isinstance(err, SyntaxError):
+        where = Path(err.filename) if err.filename else path
+        return f"{where}, line {err.lineno}: {type(err).__name__}: {err.msg}"
+    folder = path.parent.resolve()
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve().parent == folder]
+    message = f"{type(err).__name__}: {err}"
+    if not frames:
+        return f"{path}: {message}"
+    *outer, inner = frames
+    via = f" (from {'; '.join(f'{f.filename}, line {f.lineno}' for f in outer)})" if outer else ""
+    return f"{inner.filename}, line {inner.lineno}: {message}{via}"
+
+
 def _instantiate(cls: type[Recipe], path: Path) -> Recipe:
     try:
         return cls()
     except ValidationError as err:
         raise RecipeError(f"{path}: {_format_error(err)}") from None
+    except Exception as err:
+        raise RecipeError(_user_code_error(path, err)) from None
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> Recipe:

@@ -60,7 +60,7 @@ def strategy_name(recipe: Recipe) -> str:
 
 def summarize(run_dir: Path | str) -> RunSummary:
     """Read one run directory. Raises ``FileNotFoundError`` naming the directory when it is not a run."""
-    from mapscale.train import build_loss, build_model, trainable_parameters
+    from mapscale.train import RunResult, build_loss, build_model, read_records, trainable_parameters
 
     run_dir = Path(run_dir)
     missing = [name for name in ("recipe.json", "metrics.jsonl") if not (run_dir / name).is_file()]
@@ -68,19 +68,23 @@ def summarize(run_dir: Path | str) -> RunSummary:
         raise FileNotFoundError(f"{run_dir} is not a run directory: no {' and no '.join(missing)}")
     try:
         recipe = Recipe.model_validate(json.loads((run_dir / "recipe.json").read_text()))
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_records(run_dir)
+        result = RunResult.load(run_dir)  # what a finished run reported; None for one still going or killed
     except ValueError as err:  # JSONDecodeError and pydantic's ValidationError alike
         raise ValueError(f"{run_dir} has an unreadable run file: {err}") from err
     metric, higher_is_better = PRIMARY[recipe.task]
 
-    model = build_model(recipe, "meta")  # shapes only: instant whatever the target's size
-    trainable = sum(p.numel() for p in trainable_parameters(model, build_loss(recipe)))
+    if result is not None:
+        trainable, target_params = result.trainable, result.target_params
+    else:
+        model = build_model(recipe, "meta")  # shapes only: instant whatever the target's size
+        trainable, target_params = sum(p.numel() for p in trainable_parameters(model, build_loss(recipe))), model.num_target_params()
     tests = [(r["step"], r[metric]) for r in records if r.get("split") == "test" and metric in r]
     train_evals = [r[metric] for r in records if r.get("split") == "train-eval" and metric in r]
     best = (max if higher_is_better else min)(tests, key=lambda t: t[1], default=(None, None))  # first of ties, as the trainer keeps
     return RunSummary(
         run=run_dir.resolve().name, recipe=recipe.name, task=recipe.task, target=recipe.target.name,
-        strategy=strategy_name(recipe), trainable=trainable, target_params=model.num_target_params(),
+        strategy=strategy_name(recipe), trainable=trainable, target_params=target_params,
         metric=metric, higher_is_better=higher_is_better,
         test=tests[-1][1] if tests else None, train=train_evals[-1] if train_evals else None,
         best=best[1], best_step=best[0], steps=max((r["step"] for r in records), default=0),

@@ -38,8 +38,7 @@ from mapscale.metrics import PRIMARY
 from mapscale.recipe import Recipe, apply_overrides
 from mapscale.report import _pyplot, _save
 from mapscale.train import (
-    LATENT_START_FIELDS, build_model, evaluate, fingerprint, load_checkpoint, restore_model_state,
-    train, write_run_files,
+    build_model, evaluate, fingerprint, load_checkpoint, mapping_identity, read_records, restore_model_state, train, write_run_files,
 )
 
 LATENT_KEY = "generator.latents.{}"  # a group latent in a checkpoint's model state
@@ -83,10 +82,7 @@ class RunPoint:
 
     def recorded(self) -> dict[str, float] | None:
         """The run's own last test evaluation in metrics.jsonl (at or before its checkpoint's step)."""
-        log = self.run_dir / "metrics.jsonl"
-        if not log.exists():
-            return None
-        records = [json.loads(line) for line in log.read_text().splitlines() if line]
+        records = read_records(self.run_dir)
         tests = [r for r in records if r.get("split") == "test" and r["step"] <= self.checkpoint["step"]]
         return {k: v for k, v in tests[-1].items() if k not in ("step", "split")} if tests else None
 
@@ -102,19 +98,17 @@ def read_points(runs: list[Path]) -> list[RunPoint]:
 
 
 def mapping_fields(recipe: Recipe) -> dict[str, object]:
-    """The recipe fields the fingerprint covers, as dotted names: target section, mapping section (but where the
-    latents start) and the seed of the target's init."""
-    flat: dict[str, object] = {"seed": recipe.seed}
+    """The recipe fields the fingerprint covers (`mapscale.train.mapping_identity`), as dotted names."""
+    flat: dict[str, object] = {}
 
     def walk(prefix: str, value) -> None:
         if isinstance(value, dict) and value:
             for key, item in value.items():
-                walk(f"{prefix}.{key}", item)
+                walk(f"{prefix}.{key}" if prefix else key, item)
         else:
             flat[prefix] = value
 
-    walk("target", recipe.target.model_dump(mode="json"))
-    walk("mapping", recipe.mapping.model_dump(mode="json", exclude=LATENT_START_FIELDS))
+    walk("", mapping_identity(recipe))
     return flat
 
 
@@ -488,7 +482,7 @@ def search(
         console.print(f"[{arm}] training {recipes[arm].name} in {runs[arm]}")
         write_run_files(runs[arm], recipes[arm], None, [])
         result = train(recipes[arm], runs[arm], device=str(device), console=console)
-        records = [json.loads(line) for line in (runs[arm] / "metrics.jsonl").read_text().splitlines() if line]
+        records = read_records(runs[arm])
         curves[arm] = [(0, starts[arm][metric])] + [(r["step"], r[metric]) for r in records if r["split"] == "test"]
         final[arm], seconds[arm] = result.final, result.wall_seconds / max(result.step, 1)
     return Search(init, metric, higher, target, criterion, scores, chosen, curves, runs, final, seconds)

@@ -28,7 +28,7 @@ CASES: dict[str, list[str]] = {
     "lwt": [*SMALL, "mapping.grouping=lwt"],
     "mean_additive_tanh": [*SMALL, "mapping.offset=mean", "mapping.modulation=additive", "mapping.activation=tanh"],
     "lv_wmap": [*SMALL, "mapping.offset=mean", "mapping.variant=lv-wmap"],
-    "loss_terms": [*SMALL, "mapping.grouping=lwt", "mapping.offset=mean", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5", "loss.time_terms=false"],
+    "loss_terms": [*SMALL, "mapping.grouping=lwt", "mapping.offset=mean", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5"],
     "structured": [*SMALL, "mapping.operator=structured", "optim.lr=0.3"],
     "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded"],
     "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt"],

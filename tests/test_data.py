@@ -100,8 +100,8 @@ def test_shipped_mnist_is_a_named_hugging_face_dataset():
 def test_shipped_mnist_refuses_regression_and_a_path(tmp_path):
     with pytest.raises(DataError, match="shipped_mnist is a classification dataset"):
         build_datasets(DataSection(), "regression")
-    with pytest.raises(DataError, match="data.name is shipped_mnist, which reads no files"):
-        build_datasets(DataSection(path=tmp_path), "classification")
+    with pytest.raises(ValueError, match=r"data.name='shipped_mnist' does not read data.path; leave it unset"):  # when the recipe is read
+        DataSection(path=tmp_path)
 
 
 # -- image folders ----------------------------------------------------------------------------------------------

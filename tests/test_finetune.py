@@ -14,7 +14,7 @@ from mapscale.loss import MappingLoss, hutchinson_jacobian_sq_norm
 from mapscale.mapping import MappedModel, finetune_model, load_pretrained
 from mapscale.recipe import apply_overrides, load_recipe
 from mapscale.targets import cnn2
-from mapscale.train import build_model, load_run, train, write_run_files
+from mapscale.train import build_model, load_run, model_loss, train, write_run_files
 
 X = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
@@ -94,7 +94,7 @@ def test_trainable_count_is_the_budget_capped_at_the_element_count(tuned, block_
 def test_materialize_loads_into_the_plain_class_and_losses_run():
     model = finetune_model(pretrained(), ["conv1.*", "fc.bias"], block_size=3, form="multiplicative", budget=12).eval()
     loss_fn = MappingLoss(F.cross_entropy, stability=0.1, smoothness=0.1)
-    out = loss_fn(model, X, torch.arange(6) % 10)
+    out = model_loss(model, loss_fn, X, torch.arange(6) % 10, 0)
     out.total.backward()
     assert all(torch.isfinite(v) for v in out.values.values()) and out.values["stability"] > 0
     assert model.generator.latents[0].grad.abs().sum() > 0

@@ -137,6 +137,7 @@ def test_search_warm_starts_from_the_sources_and_refuses_another_mapping(runs, t
         train(recipe, tmp_path / "alien-run", device="cpu")
 
 
+@pytest.mark.slow  # a bench smoke test
 def test_space_bench_runs_in_its_reduced_mode(tmp_path):
     out = tmp_path / "space.md"
     done = subprocess.run([sys.executable, "bench/space.py", "--quick", "--runs", str(tmp_path / "runs"), "--out", str(out)],

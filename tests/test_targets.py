@@ -43,9 +43,14 @@ def test_paper_lstm_predicts_one_value_from_the_last_step():
 
 
 @pytest.mark.parametrize("name", ["cnn1", "cnn2", "cnn3", "paper_lstm", "small_mnist_cnn"])
-def test_targets_are_registered_and_built_by_name(name):
-    assert name in TARGETS
-    assert count(build_target(name)) == count(TARGETS[name]())
+def test_targets_are_registered_and_built_by_name(name, monkeypatch):
+    built = object()
+    monkeypatch.setitem(TARGETS, name, lambda **args: (built, args))
+    assert build_target(name, {"classes": 3}) == (built, {"classes": 3})  # the registry's builder, with the args
+
+
+def test_registered_targets_have_the_papers_sizes():
+    assert count(build_target("cnn2")) == 108_618 and count(build_target("small_mnist_cnn")) == 14_410
 
 
 def test_build_target_passes_arguments():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -78,6 +79,16 @@ class MappedModel(nn.Module):
             return self.sharding.forward(self, args, kwargs)
         return self.forward_with(self.generated_tensors(), *args, **kwargs)
 
+    def forward_aside(self, latents: list[Tensor], *args, rng: RngState, **kwargs):
+        """The target's forward with tensors generated from ``latents``, leaving the model as it was: its buffers
+        (BatchNorm running statistics) get throw-away copies, and ``rng`` (`capture_rng` before the forward this
+        one is compared with) is replayed, so both draw the same dropout masks (the Mapping Loss's stability)."""
+        generated = self.generated_tensors(latents)
+        buffers = {n: b.clone() for n, b in self.target.named_buffers() if n not in generated and b.numel() > 0}
+        with torch.random.fork_rng(devices=[rng.device] if rng.device is not None else []):
+            rng.restore()
+            return self.forward_with({**buffers, **generated}, *args, **kwargs)
+
     def forward_with(self, tensors: Mapping[str, Tensor], *args, **kwargs):
         """The target's forward with ``tensors`` (generated parameters, optionally buffers) swapped in."""
         return functional_call(self.target, dict(tensors), args, kwargs, tie_weights=False, strict=False)
@@ -121,6 +132,27 @@ class MappedModel(nn.Module):
             f"groups={len(self.layout.groups)}, latent={self.layout.total_latent_dim}, "
             f"trainable={self.num_trainable():,}, target_params={self.num_target_params():,}"
         )
+
+
+@dataclass(frozen=True)
+class RngState:
+    """The CPU random state, and the CUDA one of ``device`` when it is a GPU (`capture_rng`)."""
+
+    cpu: Tensor
+    device: torch.device | None = None
+    cuda: Tensor | None = None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.device is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+def capture_rng(device: torch.device) -> RngState:
+    """The random state a forward on ``device`` will draw from."""
+    if device.type == "cuda":
+        return RngState(torch.get_rng_state(), device, torch.cuda.get_rng_state(device))
+    return RngState(torch.get_rng_state())
 
 
 class Sharding(Protocol):

@@ -1,0 +1,40 @@
+"""Evaluation: the task's metrics of a model on a dataset, weights generated once, ranks reduced."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from mapscale.distributed.world import World
+from mapscale.mapping.mapped import MappedModel
+from mapscale.metrics import Metrics
+from mapscale.recipe import Recipe
+
+
+@torch.no_grad()
+def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | None, device, world: World = World()) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``dataset``, weights generated once. In a multi-rank world every
+    rank generates (a collective), evaluates its contiguous share of ``dataset``, and the sums are reduced."""
+    model.eval()
+    metrics = Metrics(recipe.task, num_classes)
+    if world.distributed:
+        share = torch.tensor_split(torch.arange(len(dataset)), world.size)[world.rank]
+        dataset = torch.utils.data.Subset(dataset, share.tolist())
+    # Per-token logits over a vocabulary are large: language models evaluate at the training batch size.
+    batch_size = recipe.optim.batch_size if recipe.task == "language_modeling" else max(recipe.optim.batch_size, 256)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    with model.cached_weights():
+        for inputs, targets in loader:
+            with autocast(recipe, device):
+                output = model(inputs.to(device))
+            metrics.update(output, targets)
+    if world.distributed:
+        metrics.reduce(world.sum)
+    return metrics.compute()
+
+
+def autocast(recipe: Recipe, device):
+    if recipe.optim.precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
