@@ -6,16 +6,27 @@
 
 Each world size runs in fresh processes (gloo on CPU), so each peak RSS is that world's alone: N = 1 is one
 process holding the whole mapping, N = 2 two ranks holding their shards (`ShardPlan` with the recipe's
-``distributed.units``). Every rank builds the recipe's model, then trains on its contiguous share of the same
-synthetic global batch (fixed seed) the way `mapscale.train` does: the task loss weighted by the share,
-backward through the gather, the latent gradients averaged over ranks (`TorchStep`; SGD at the recipe's rate,
-constant). One warm-up step, then timed steps. The 2 ranks get one core each; the single process steps on
-every core, then again from the same initial latents on one thread: a rank's summation order, the reference
-its losses must match (a thread count alone changes ResNet50's first gradient by ~1e-3, see the output).
+``distributed.units``). Every rank builds the run with the trainer's `mapscale.train.prepare` and steps it with
+the trainer's `mapscale.train.train_step` on its contiguous share of the same synthetic global batch (fixed
+seed): the task loss weighted by the share, backward through the gather, the latent gradients averaged over
+ranks (`TorchStep`). The bench sets the recipe's loss to the task loss alone (it measures the mapping, not the
+extra terms) and its optimiser to SGD without momentum at the recipe's rate, constant, fp32, the global batch
+in one micro-batch; its data section becomes the shipped MNIST subset (a few examples), which `prepare` loads
+and the bench never reads (the steps take the synthetic batch). Each rank loads that data once before its first
+RSS reading, so the build's RSS figures are the model's (the data and its libraries sit in "RSS before build").
+One warm-up step, then timed steps. The 2 ranks get one core each; the single process steps on every core, then
+again from the same initial latents on one thread: a rank's summation order, the reference its losses must
+match (a thread count alone changes ResNet50's first gradient by ~1e-3, see the output).
 
-BatchNorm runs in eval mode (running statistics) so that the global batch's loss does not depend on how it is
-split: then the losses of N = 1 and N = 2 agree step by step, a check that the sharded forward and backward
-give the single-process update (invariant 4). The "train-mode BatchNorm" line shows how far apart they are in
+Timing: whole steps (`train_step` between two barriers); generation (this rank's rows, then the all-gather of
+every unit: ``model.generated_tensors()``) is timed apart, as many times, after each series of steps. The
+phases inside a step (forward, backward, update) are not timed separately: that needs a loop of the bench's own
+around the model instead of the library's step. "rest of the step" is the step minus the separate generation.
+
+BatchNorm runs in eval mode (running statistics; its layers are held there when `train_step` puts the model in
+train mode) so that the global batch's loss does not depend on how it is split: then the losses of N = 1 and
+N = 2 agree step by step, a check that the sharded forward and backward give the single-process update
+(invariant 4). The "train-mode BatchNorm" line shows how far apart they are in
 train mode, where each rank normalises over its own share (no SyncBatchNorm), as `mapscale train` does.
 
 N = 8 and 64 are the plan's figures for a model built on the meta device (nothing allocated).
@@ -30,6 +41,7 @@ import shlex
 import socket
 import sys
 import time
+import types
 from datetime import datetime
 from pathlib import Path
 
@@ -40,12 +52,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from mapscale.data import build_datasets
 from mapscale.distributed.plan import ShardPlan
-from mapscale.distributed.step import TorchStep
 from mapscale.distributed.world import World
 from mapscale.mapping.contract import held_bytes
 from mapscale.recipe import Recipe, load_recipe
-from mapscale.train import build_loss, build_model, trainable_parameters
+from mapscale.train import build_model, prepare, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -82,27 +94,51 @@ def global_batch(channels: int, classes: int, batch: int, image_size: int) -> tu
     return inputs, targets
 
 
+def bench_recipe(recipe: Recipe, batch: int) -> Recipe:
+    """``recipe`` as the bench runs it (module docstring): task loss alone; SGD without momentum at the recipe's
+    rate, constant, fp32, no clipping, the global batch of ``batch`` in one micro-batch, no DeepSpeed; the shipped
+    MNIST subset as the data `prepare` loads (the steps take the synthetic batch instead)."""
+    data = recipe.model_dump(mode="json")
+    data["loss"] = {}
+    data["optim"] = {
+        **data["optim"], "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant", "grad_clip": None,
+        "batch_size": batch, "accumulation_steps": 1, "max_steps": None, "precision": "fp32",
+    }
+    data["data"] = {"name": "shipped_mnist", "max_examples": batch}
+    data["distributed"] = {**data["distributed"], "deepspeed": None, "sync_batchnorm": False}
+    return Recipe.model_validate(data)
+
+
+def hold_batchnorm_in_eval(model: nn.Module) -> None:
+    """Keep ``model``'s BatchNorm layers in eval mode (running statistics) whatever ``model.train()`` asks."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(False)
+            module.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), module)
+
+
 def run_rank(recipe: Recipe, batch: int, image_size: int, steps: int, thread_counts: tuple[int, ...]) -> dict:
     """One rank's measurements (every rank of the world calls it): the build, then for each thread count a
-    warm-up step and ``steps`` timed steps, each series from the same initial latents."""
+    warm-up step and ``steps`` timed steps, each series from the same initial latents, then as many timed
+    generations."""
     torch.set_num_threads(thread_counts[0])
+    build_datasets(recipe.data, recipe.task)  # the stand-in data and its libraries, loaded before the first reading
     rss_start = peak_rss_bytes()
-    world = World.from_env()
+    world = World.from_env("cpu")
 
-    # Build: this rank's shard of the mapping (the whole mapping at N = 1).
+    # Build: this rank's shard of the mapping (the whole mapping at N = 1), loss, optimiser, updater.
     world.barrier()
     start = time.perf_counter()
-    model = build_model(recipe, "cpu", world)
+    run = prepare(recipe, world, "cpu")
     build_seconds = time.perf_counter() - start
     rss_built = peak_rss_bytes()
+    model, params = run.model, run.params
 
     channels, classes = input_shape(model.target, image_size)
     inputs, targets = global_batch(channels, classes, batch, image_size)
     share = torch.tensor_split(torch.arange(batch), world.size)[world.rank]  # (B / N,)
     inputs, targets = inputs[share], targets[share]
     weight = len(share) * world.size / batch  # averaging weight * loss over ranks: the global mean loss
-    loss_fn = build_loss(recipe)  # only its task loss is used: the bench measures the mapping, not the extra terms
-    params = trainable_parameters(model, loss_fn)
     initial = [p.detach().clone() for p in params]
 
     # Train-mode BatchNorm at init, no update: each rank normalises over its own share.
@@ -110,8 +146,8 @@ def run_rank(recipe: Recipe, batch: int, image_size: int, steps: int, thread_cou
     with torch.no_grad():
         buffers = {name: b.clone() for name, b in model.target.named_buffers() if b.numel()}  # throw-away statistics
         output = model.forward_with({**model.generated_tensors(), **buffers}, inputs)
-        train_mode = world.sum(loss_fn.task_loss(output, targets) * weight) / world.size
-    model.eval()  # BatchNorm on running statistics: the loss does not depend on the split (module docstring)
+        train_mode = world.sum(run.loss_fn.task_loss(output, targets) * weight) / world.size
+    hold_batchnorm_in_eval(model)  # running statistics: the loss does not depend on the split (module docstring)
 
     series = {}
     for threads in thread_counts:
@@ -119,27 +155,27 @@ def run_rank(recipe: Recipe, batch: int, image_size: int, steps: int, thread_cou
         with torch.no_grad():
             for p, value in zip(params, initial):
                 p.copy_(value)
-        optimizer = torch.optim.SGD(params, lr=recipe.optim.lr)  # no momentum: no state carried between series
-        updater = TorchStep(params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), None, world)
-        losses, phases, update = [], [], None
+        # The updater carries nothing between series: SGD without momentum, a constant schedule.
+        losses, step_seconds, generate_seconds, update = [], [], [], None
         for step in range(1 + steps):  # step 1 is the warm-up
             world.barrier()
-            clock = [time.perf_counter()]
-            generated = model.generated_tensors()  # this rank's rows, then the all-gather of every unit
-            clock.append(time.perf_counter())
-            loss = loss_fn.task_loss(model.forward_with(generated, inputs), targets) * weight
-            clock.append(time.perf_counter())
-            loss.backward()  # through the gather: a reduce-scatter of the generated tensors' gradients
-            clock.append(time.perf_counter())
-            updater.step()  # all-reduce of the latent gradients, / N, SGD
+            start = time.perf_counter()
+            _, terms = train_step(run, [(inputs, targets)], batch, step)
             world.barrier()
-            clock.append(time.perf_counter())
-            phases.append([b - a for a, b in zip(clock, clock[1:])])
-            losses.append((world.sum(loss.detach()) / world.size).item())
+            step_seconds.append(time.perf_counter() - start)
+            losses.append((world.sum(terms["task"]) / world.size).item())  # the weighted task loss: the global batch's
             if update is None:  # step 1's update: -lr times the global batch's gradient, the same at every N
                 update = torch.cat([(p.detach() - value).reshape(-1) for p, value in zip(params, initial)]).tolist()
-        timed = torch.tensor(phases[1:] or phases).mean(0).tolist()  # (4,): generate, forward, backward, update
-        series[threads] = {"step_s": sum(timed), "phases": timed, "losses": losses, "update": update}
+        for _ in range(1 + steps):  # generation alone, as in a step: this rank's rows, then the all-gather
+            world.barrier()
+            start = time.perf_counter()
+            generated = model.generated_tensors()
+            world.barrier()
+            generate_seconds.append(time.perf_counter() - start)
+            del generated
+        step_s = sum(step_seconds[1:] or step_seconds) / len(step_seconds[1:] or step_seconds)
+        generate_s = sum(generate_seconds[1:] or generate_seconds) / len(generate_seconds[1:] or generate_seconds)
+        series[threads] = {"step_s": step_s, "generate_s": generate_s, "losses": losses, "update": update}
     return {
         "rank": world.rank, "mapping_bytes": operator_bytes(model), "rss_start": rss_start, "rss_built": rss_built,
         "rss_peak": peak_rss_bytes(), "build_s": build_seconds, "series": series, "train_mode_loss": train_mode.item(),
@@ -196,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
         args.batch, args.image_size, args.steps = 16, 28, 2
     started = time.perf_counter()
     console = Console(width=150, record=True)
-    recipe = load_recipe(ROOT / args.recipe, args.overrides)
+    recipe = bench_recipe(load_recipe(ROOT / args.recipe, args.overrides), args.batch)
     units = recipe.distributed.units or None
     layout = build_model(recipe, "meta").layout
     plans = {n: ShardPlan.from_layout(layout, n, units) for n in (*MEASURED, *PLANNED)}
@@ -220,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
 
     # Memory per rank, measured and planned.
     table = Table(title=f"Per rank: {recipe.name}, {recipe.mapping.grouping} {recipe.mapping.budget} (GiB; RSS peaks so far)")
-    for column in ["N", "rank", "mapping", "plan", "RSS before build", "RSS after build", "peak RSS", "build s"]:
+    for column in ["N", "rank", "mapping", "plan", "RSS before build", "RSS after build", "peak RSS", "build s (prepare)"]:
         table.add_column(column, justify="right")
     for n, ranks in runs.items():
         for r in ranks:
@@ -243,11 +279,12 @@ def main(argv: list[str] | None = None) -> dict[int, list[dict]]:
     rows = [(f"N = 1, {t} thread{'s' * (t > 1)}", series) for t, series in runs[1][0]["series"].items()]
     rows += [(f"N = 2, {t} thread{'s' * (t > 1)} each", series) for t, series in runs[2][0]["series"].items()]
     baseline = rows[0][1]["step_s"]
-    step_table = Table(title=f"Step on the global batch of {args.batch} (mean of {args.steps} timed steps, seconds)")
-    for column in ["run", "step", "generate + gather", "forward", "backward", "update", "vs N = 1 all cores"]:
+    step_table = Table(title=f"Step (train_step) on the global batch of {args.batch} (mean of {args.steps} timed steps, seconds; generation timed apart)")
+    for column in ["run", "step", "generate + gather", "rest of the step", "vs N = 1 all cores"]:
         step_table.add_column(column, justify="left" if column == "run" else "right")
     for label, series in rows:
-        step_table.add_row(label, f"{series['step_s']:.3f}", *(f"{p:.3f}" for p in series["phases"]), f"{series['step_s'] / baseline:.2f}x")
+        rest = series["step_s"] - series["generate_s"]
+        step_table.add_row(label, f"{series['step_s']:.3f}", f"{series['generate_s']:.3f}", f"{rest:.3f}", f"{series['step_s'] / baseline:.2f}x")
     console.print(step_table)
 
     reference = rows[len(runs[1][0]["series"]) - 1][1]  # N = 1 on one thread: the summation order of each rank

@@ -4,97 +4,103 @@
     python bench/mapping_loss.py --grouping lwt --epochs 15
     python bench/mapping_loss.py --quick              # a few steps, to check it runs (used by the tests)
 
-Both arms train the same mapped target (same init seed, mapping seed, budget, data order) through
-`MappingLoss`, the task-only arm with every extra term switched off. Per epoch it logs every term's mean
-value, coefficient and forward time; at the end, test/train accuracy and the step-time ratio, measured
-in a separate phase that interleaves the arms' steps on one batch (median of ``--timing-steps``).
+Both arms are runs of the mapscale trainer (`mapscale.train.train`) on recipes that differ only in their
+``loss`` section: the same mapped ``small_mnist_cnn`` (same init seed, mapping seed, budget), the same
+4,000 / 1,000 split and the trainer's seeded data order; the task-only arm has every extra term switched off,
+the full arm every term on at `MappingLoss`'s defaults (λ 0.5, learned in [1e-4, 1]). Per epoch it prints each
+term's mean value, coefficient and forward time, from the records the trainer logs at every step
+(``loss.time_terms``); at the end, test/train accuracy (the trainer's last evaluations) and the step-time
+ratio, measured in a separate phase that interleaves the arms' steps (the library's `train_step`) on one batch
+(median of ``--timing-steps``). Run directories go under ``--runs`` (default: a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-import mapscale
-from mapscale.data import shipped_mnist
-from mapscale.loss import MappingLoss
-from mapscale.targets import small_mnist_cnn
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from mapscale.distributed.world import World  # noqa: E402
+from mapscale.recipe import DataSection, LossSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection  # noqa: E402
+from mapscale.train import prepare, read_records, train, train_step, write_run_files  # noqa: E402
 
 OFF = {"stability": None, "smoothness": None, "alignment": None}
-# arm name -> MappingLoss options; the default run compares the first two.
+FULL = {"stability": 0.5, "smoothness": 0.5, "alignment": 0.5}  # MappingLoss's defaults: every term, learned λ in [1e-4, 1]
+# arm name -> loss section options; the default run compares the first two.
 ARMS = {
     "task only": OFF,
-    "full Mapping Loss": {},  # MappingLoss defaults: every term, learned λ in [1e-4, 1]
+    "full Mapping Loss": FULL,
     "stability only": {**OFF, "stability": 1.0},
     "smoothness only": {**OFF, "smoothness": 1.0},
     "alignment only": {**OFF, "alignment": 1.0},
     "full, fixed λ": {"coefficients": "fixed", "stability": 1.0, "smoothness": 1e-3, "alignment": 1e-2},
     "full, learned λ <= 1e4": {"coefficient_bounds": (1e-4, 1e4), "stability": 1.0, "smoothness": 1.0, "alignment": 1.0},
 }
+QUICK_STEPS = 5  # --quick: steps per arm
 
 
-def accuracy(model, split) -> float:
-    model.eval()
-    with torch.no_grad(), model.cached_weights():
-        return (model(split.inputs).argmax(1) == split.targets).float().mean().item()
+def recipe_for(name: str, args, runs: Path) -> Recipe:
+    """The arm's recipe: the same mapped target, data and optimiser for every arm; only the loss differs."""
+    return Recipe(
+        name=name, seed=args.seed, target=TargetSection(name="small_mnist_cnn"),
+        mapping=MappingMethod(grouping=args.grouping, budget=args.budget, seed=args.seed),
+        loss=LossSection(**ARMS[name], time_terms=True),
+        data=DataSection(name="shipped_mnist", test_size=1000, split_seed=0),
+        optim=OptimSection(optimizer="adam", lr=args.lr, schedule="onecycle", warmup_fraction=0.15, epochs=args.epochs,
+                           batch_size=args.batch, max_steps=QUICK_STEPS if args.quick else None),
+        output=OutputSection(root=runs, run_name=name.replace(" ", "_"), log_every=1, progress=False),
+    )
 
 
-def build(terms: dict, args, total_steps: int):
-    """The mapped target (same init and mapping seed for every arm), its loss, optimiser and schedule."""
-    torch.manual_seed(args.seed)
-    model = mapscale.map_model(small_mnist_cnn(), args.grouping, args.budget, seed=args.seed)
-    loss_fn = MappingLoss(F.cross_entropy, seed=args.seed, **terms)
-    params = [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
-    return model, loss_fn, optimizer, schedule
+def epoch_summary(records: list[dict], epoch: int) -> str:
+    """Each logged term's mean over the epoch's steps: each term's value and forward seconds, then the
+    coefficients (λ)."""
+    steps = [r for r in records if r["split"] == "train" and r["epoch"] == epoch]
+    terms = [k.removeprefix("seconds_") for k in steps[0] if k.startswith("seconds_")]  # "task" and each switched-on term
+    keys = {term: term for term in terms}
+    for term in terms:
+        keys[f"{term} s"] = f"seconds_{term}"
+    keys.update({f"λ {term}": f"lambda_{term}" for term in terms if f"lambda_{term}" in steps[0]})
+    order = [*(k for term in terms for k in (term, f"{term} s")), *(k for k in keys if k.startswith("λ "))]
+    return "  ".join(f"{k}={sum(r[keys[k]] for r in steps) / len(steps):.4g}" for k in order)
 
 
-def step(model, loss_fn, optimizer, schedule, inputs, targets):
-    out = loss_fn(model, inputs, targets)
-    optimizer.zero_grad()
-    out.total.backward()
-    optimizer.step()
-    schedule.step()
-    return out
+def run_arm(name: str, args, runs: Path, console: Console) -> dict:
+    recipe = recipe_for(name, args, runs)
+    run_dir = runs / recipe.output.run_name
+    write_run_files(run_dir, recipe, None, [])
+    world = World()
+    run = prepare(recipe, world, "cpu")
+    result = train(recipe, run_dir, device="cpu", console=Console(quiet=True), world=world, prepared=run)
+    records = read_records(run_dir)
+    epochs = sorted({r["epoch"] for r in records if r["split"] == "train"})
+    for epoch in epochs:
+        console.print(f"[{name}] epoch {epoch + 1}/{len(epochs)}: {epoch_summary(records, epoch)}", markup=False, soft_wrap=True)
+    return {"test": result.final["accuracy"], "train": result.final_train["accuracy"], "trainable": run.model.num_trainable()}
 
 
-def run_arm(name: str, terms: dict, args, train, test, console: Console) -> dict:
-    steps_per_epoch = -(-len(train) // args.batch) if not args.quick else 5
-    model, loss_fn, optimizer, schedule = build(terms, args, args.epochs * steps_per_epoch)
-    order = torch.Generator().manual_seed(args.seed + 1)
-    for epoch in range(args.epochs):
-        model.train()
-        logs = defaultdict(list)
-        for idx in list(torch.randperm(len(train), generator=order).split(args.batch))[:steps_per_epoch]:
-            out = step(model, loss_fn, optimizer, schedule, train.inputs[idx], train.targets[idx])
-            for term, value in out.values.items():
-                logs[term].append(value.item())
-                logs[f"{term} s"].append(out.seconds[term])
-            for term, value in out.coefficients.items():
-                logs[f"λ {term}"].append(value.item())
-        summary = "  ".join(f"{k}={sum(v) / len(v):.4g}" for k, v in logs.items())
-        console.print(f"[{name}] epoch {epoch + 1}/{args.epochs}: {summary}", markup=False)
-    return {"test": accuracy(model, test), "train": accuracy(model, train), "trainable": model.num_trainable()}
-
-
-def time_arms(names: list[str], args, train, steps: int) -> dict[str, float]:
-    """Median seconds per training step of each arm, steps interleaved arm by arm on the same batch, so
-    that load or clock drift on the machine hits every arm alike."""
-    built = {name: build(ARMS[name], args, steps + 1) for name in names}
-    inputs, targets = train.inputs[: args.batch], train.targets[: args.batch]
+def time_arms(names: list[str], args, runs: Path, steps: int) -> dict[str, float]:
+    """Median seconds per training step (`train_step`) of each arm, steps interleaved arm by arm on the same
+    batch, so that load or clock drift on the machine hits every arm alike."""
+    world = World()
+    built = {name: prepare(recipe_for(name, args, runs), world, "cpu") for name in names}
+    data = next(iter(built.values())).data.train.tensors
+    inputs, targets = data[0][: args.batch], data[1][: args.batch]
     seconds = defaultdict(list)
-    for _ in range(steps):
-        for name, (model, loss_fn, optimizer, schedule) in built.items():
-            model.train()
+    for step in range(steps):
+        for name, run in built.items():
             start = time.perf_counter()
-            step(model, loss_fn, optimizer, schedule, inputs, targets)
+            train_step(run, [(inputs, targets)], len(targets), step)
             seconds[name].append(time.perf_counter() - start)
     return {name: sorted(values)[len(values) // 2] for name, values in seconds.items()}
 
@@ -109,17 +115,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=list(ARMS)[:2], choices=list(ARMS), help="arms to run; the first is the baseline")
     parser.add_argument("--timing-steps", type=int, default=40, help="interleaved steps per arm for the step-time ratio")
-    parser.add_argument("--quick", action="store_true", help="1 epoch of 5 steps per arm")
+    parser.add_argument("--quick", action="store_true", help=f"1 epoch of {QUICK_STEPS} steps per arm")
+    parser.add_argument("--runs", type=Path, default=None, help="keep the run directories here (default: a temporary folder)")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.timing_steps = 1, 3
     console = Console(width=200)
-    train, test = shipped_mnist(test_size=1000, seed=0)
-    console.print(f"shipped MNIST {len(train)}/{len(test)}, small_mnist_cnn, {args.grouping} budget {args.budget}, "
+    console.print(f"shipped MNIST 4000/1000, small_mnist_cnn, {args.grouping} budget {args.budget}, "
                   f"{args.epochs} epochs, lr {args.lr}, seed {args.seed}, torch threads {torch.get_num_threads()}")
-    results = {name: run_arm(name, ARMS[name], args, train, test, console) for name in args.arms}
-    for name, seconds in time_arms(args.arms, args, train, args.timing_steps).items():
-        results[name]["step"] = seconds
+    with tempfile.TemporaryDirectory(prefix="mapping_loss-") as scratch:
+        runs = args.runs or Path(scratch)
+        results = {name: run_arm(name, args, runs, console) for name in args.arms}
+        for name, seconds in time_arms(args.arms, args, runs, args.timing_steps).items():
+            results[name]["step"] = seconds
 
     table = Table(title="Mapping Loss ablation")
     for column in ["loss", "trainable", "train acc", "test acc", "gap", "median step ms (interleaved)", f"step time vs {args.arms[0]}"]:

@@ -4,6 +4,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # bench smoke tests: `pytest -m slow`
 
 ROOT = Path(__file__).resolve().parents[1]
 
