@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import mapscale  # noqa: E402
 from mapscale.mapping.contract import held_bytes  # noqa: E402
+from mapscale.mapping.operators import OPERATORS  # noqa: E402
 from mapscale.targets import build_target  # noqa: E402
 
 MIB = 2**20
@@ -99,7 +100,7 @@ def table(results: list[dict], batch_note: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="*", default=list(TARGETS), choices=list(TARGETS))
-    parser.add_argument("--operators", nargs="*", default=["dense", "seeded", "structured"], choices=["dense", "seeded", "structured"])
+    parser.add_argument("--operators", nargs="*", default=list(OPERATORS), choices=list(OPERATORS))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--resnet-batch", type=int, default=16)
     parser.add_argument("--resnet-size", type=int, default=112)

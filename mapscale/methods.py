@@ -110,7 +110,8 @@ class MappingMethod(_Generated):
     """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``dense`` (the stored matrix, the paper's),
     ``seeded`` (the same matrix redrawn from the seed on every step, never stored: memory ``latent_dim²`` per group,
     time bound by random-number generation) or ``structured`` (a randomized Hadamard transform, ``O(P log d)``
-    time and 3 bits per parameter: for targets whose dense mapping does not fit)."""
+    time and 3 bits per parameter: for targets whose dense mapping does not fit) or ``sparse`` (one hashed
+    ``±1/sqrt(n)`` non-zero per column, rows with disjoint supports: ``O(P)`` time, nothing stored per parameter)."""
     modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
     """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
     modulation_scale: float = Field(0.1, gt=0)
@@ -169,7 +170,7 @@ class SubspaceMethod(_Generated):
 
     method: Literal["subspace"] = "subspace"
     operator: str = "dense"
-    """The projection's operator (``dense``, ``seeded``, ``structured``), as the mapping's ``operator``."""
+    """The projection's operator (``dense``, ``seeded``, ``structured``, ``sparse``), as the mapping's ``operator``."""
     latent_init_std: float = Field(0.0, ge=0)
     """Std of the seeded init of ``z``; 0: start exactly at the target's init ``theta0``."""
 
@@ -208,7 +209,7 @@ class FinetuneMethod(_Grouped):
     """alpha, the move of a weight (in pretrained stds, or relative for the gate) per unit of element; a latent
     with unit-variance entries moves elements by about one. Not yet measured."""
     operator: str = "dense"
-    """The element mapping's operator (``dense``, ``seeded``, ``structured``), as the mapping's ``operator``."""
+    """The element mapping's operator (``dense``, ``seeded``, ``structured``, ``sparse``), as the mapping's ``operator``."""
     modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
     """The element mapping's eq. 20 form."""
     modulation_scale: float = Field(0.1, gt=0)

@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 
 from mapscale.mapping.operators import (
+    SparseOperator,
     BLOCK_COLUMNS,
     DenseOperator,
     build_orthonormal_mapping,
@@ -139,7 +141,7 @@ def test_hadamard_is_orthonormal_and_symmetric():
         hadamard(torch.ones(6))
 
 
-@pytest.mark.parametrize("name", ["seeded", "structured"])
+@pytest.mark.parametrize("name", ["seeded", "structured", "sparse"])
 def test_never_stored_operators_pass_gradcheck_and_jvp(name):
     op = OPERATORS[name](5, 300, KEY, dtype=torch.float64)
     c = torch.randn(5, dtype=torch.float64, requires_grad=True)
@@ -149,7 +151,7 @@ def test_never_stored_operators_pass_gradcheck_and_jvp(name):
     assert torch.allclose(jvp, op(tangent), atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["seeded", "structured"])
+@pytest.mark.parametrize("name", ["seeded", "structured", "sparse"])
 def test_any_column_range_gives_the_same_columns(name):
     cls, c = OPERATORS[name], torch.randn(16)
     whole = cls(16, 9000, KEY)(c)
@@ -157,7 +159,7 @@ def test_any_column_range_gives_the_same_columns(name):
     assert torch.equal(whole, pieces)
 
 
-@pytest.mark.parametrize("name", ["seeded", "structured"])
+@pytest.mark.parametrize("name", ["seeded", "structured", "sparse"])
 def test_never_stored_operators_refuse_to_train(name):
     with pytest.raises(ValueError, match="cannot train"):
         OPERATORS[name](4, 100, KEY, trainable=True)
@@ -171,8 +173,31 @@ def test_structured_memory_is_three_bits_per_column():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to compare with")
-@pytest.mark.parametrize("name", ["dense", "seeded", "structured"])
+@pytest.mark.parametrize("name", ["dense", "seeded", "structured", "sparse"])
 def test_same_weights_on_cpu_and_gpu(name):
     c = torch.randn(8)
     cpu, gpu = (OPERATORS[name](8, 5000, KEY, device=d)(c.to(d)).cpu() for d in ("cpu", "cuda"))
     assert torch.allclose(gpu, cpu, atol=1e-6)
+
+
+@pytest.mark.parametrize(("latent_dim", "num_outputs"), [(3, 10), (7, 100), (16, 1000), (5, 5), (64, 4097)])
+def test_sparse_rows_are_disjoint_balanced_and_orthonormal(latent_dim, num_outputs):
+    op = SparseOperator(latent_dim, num_outputs, KEY, dtype=torch.float64)
+    weight = torch.stack([op(row) for row in torch.eye(latent_dim, dtype=torch.float64)])  # (d, P), column by column
+    assert ((weight != 0).sum(0) == 1).all()  # exactly one non-zero per column
+    signs = weight.sign()
+    counts = (signs != 0).sum(1)
+    torch.testing.assert_close(signs @ signs.T, torch.diag(counts).double(), rtol=0, atol=0)  # S Sᵀ = diag(n) exactly
+    assert counts.max() - counts.min() <= 1 and counts.sum() == num_outputs  # balanced: floor or ceil of P / d
+    gram = weight @ weight.T
+    assert torch.equal(gram - torch.diag(torch.diag(gram)), torch.zeros_like(gram))  # W Wᵀ off the diagonal: exactly 0
+    torch.testing.assert_close(torch.diag(gram), torch.ones(latent_dim, dtype=torch.float64), rtol=0, atol=1e-15)
+    scales = torch.tensor([1 / math.sqrt(n) for n in counts.tolist()], dtype=torch.float64)
+    assert torch.equal(weight.abs(), (weight != 0) * scales[:, None])  # every non-zero of row i is ±1/sqrt(n_i)
+
+
+def test_sparse_holds_nothing_per_parameter():
+    small, large = SparseOperator(64, 1_000, KEY), SparseOperator(64, 1_000_000, KEY)
+    assert sum(t.numel() for t in [*small.buffers(), *large.buffers(), *small.parameters(), *large.parameters()]) == 0
+    assert SparseOperator.storage_bytes(64, 1_000) == SparseOperator.storage_bytes(64, 1_000_000) == 0
+    assert large(torch.randn(64)).shape == (1_000_000,)

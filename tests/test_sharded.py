@@ -44,6 +44,8 @@ CASES = [
     ("lstm", "lwt", None, {"offset": "init", "latent_init_std": 0.5}),
     ("tied", "slvt", ["mix"], {"modulation": "additive"}),
     ("cnn", "lwt", None, {"operator": "structured"}),
+    ("cnn", "slvt", ["conv2", "fc"], {"operator": "sparse", "activation": "tanh"}),
+    ("lstm", "lwt", None, {"operator": "sparse", "offset": "init", "latent_init_std": 0.5}),
     ("cnn", "slvt", ["conv2"], {"operator": "seeded", "offset": "init"}),
 ]
 

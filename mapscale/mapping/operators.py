@@ -565,6 +565,136 @@ class StructuredOperator(_Operator):
         return f"{self._describe()}, block={self.block}, structured (Hadamard)"
 
 
+# -- the sparse isometry: one hashed non-zero per column ---------------------------------------------------
+
+_ROUNDS = 3
+
+
+def _round_constants(key: int, count: int) -> list[tuple[int, int]]:
+    """``count`` (odd multiplier below 2**20, addend below 2**30) pairs derived from ``key``."""
+    out = []
+    for i in range(count):
+        bits = block_seed(key, -100 - i)
+        out.append((((bits >> 32) & 0xFFFFF) | 1, bits & 0x3FFFFFFF))
+    return out
+
+
+class SparseOperator(_Operator):
+    """A sparse isometry: each column ``j`` of ``W`` holds exactly one non-zero, ``±1/sqrt(n_i)`` in row
+    ``i = pi(j) mod latent_dim``, with ``pi`` a keyed bijection of the column indices ``[0, P)`` (3 rounds of
+    ``x -> (a x + k) mod 2**m`` (``a`` odd) and ``x -> x ^ (x >> m/2)`` on the smallest ``2**m >= P``, each a
+    bijection, cycle-walked into ``[0, P)``) and the sign a keyed bit of ``j``.
+    Since ``pi`` is a bijection, row ``i`` gets ``n_i = floor(P/d)`` or ``ceil(P/d)`` columns; rows have disjoint
+    supports and unit norm, so ``W Wᵀ = I`` (exactly up to the rounding of ``1/sqrt(n_i)``).
+
+    Nothing is stored per parameter: rows and signs are recomputed from the column indices on every pass (integer
+    hashing, ``O(P)``), bit-identical on any device and for any column range, so a part holds no more than a whole.
+    ``Wᵀ c`` is a gather, ``W g`` a scatter-add.
+    """
+
+    uses_transform = False
+    row_sums = True
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_outputs: int,
+        key: int,
+        *,
+        trainable: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        columns: tuple[int, int] | None = None,
+        transform: Tensor | None = None,  # unused: nothing to orthonormalise
+    ) -> None:
+        super().__init__(latent_dim, num_outputs, key, columns)
+        _not_trainable("sparse", trainable)
+        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.bits = max(2, (num_outputs - 1).bit_length())  # 2**bits >= P: fewer than half the values walk
+        # keys only (Python ints): every product stays below 2**50, so int64 arithmetic never overflows: the same
+        # bits on any device
+        self.rounds = _round_constants(key, _ROUNDS + 1)
+        if self.bits > 42:
+            raise ValueError(f"{num_outputs} outputs exceed the sparse operator's 2**42 columns")
+        self.per_row, self.longer_rows = divmod(num_outputs, latent_dim)  # rows below `longer_rows` get one more column
+        # 1/sqrt(n) for the two row lengths, rounded once in Python: the same scale on every device
+        self.scales = (1 / math.sqrt(self.per_row + 1), 1 / math.sqrt(self.per_row)) if self.per_row else (1.0, 1.0)
+        self.device = torch.device(device or "cpu")
+
+    @staticmethod
+    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
+        return 0  # keys only: rows and signs are recomputed from the column indices
+
+    def _permute(self, x: Tensor) -> Tensor:
+        """A keyed bijection of ``[0, 2**bits)`` (int64)."""
+        mask, shift = (1 << self.bits) - 1, self.bits // 2
+        for multiplier, addend in self.rounds[:_ROUNDS]:
+            x = (x * multiplier + addend) & mask
+            x = x ^ (x >> shift)
+        return x
+
+    def assignment(self, start: int, stop: int, device=None) -> tuple[Tensor, Tensor]:
+        """``(rows, scale)`` of columns ``[start, stop)``: each column's row (int64) and its signed value
+        ``±1/sqrt(n_row)`` (compute dtype), a pure function of the key and the column index."""
+        columns = torch.arange(start, stop, dtype=torch.int64, device=device or self.device)
+        permuted = self._permute(columns)
+        outside = (permuted >= self.num_outputs).nonzero().squeeze(1)
+        while outside.numel():  # cycle-walk back into [0, P) (a bijection of [0, P) itself), only where outside
+            walked = self._permute(permuted[outside])
+            permuted[outside] = walked
+            outside = outside[walked >= self.num_outputs]
+        rows = permuted % self.latent_dim
+        multiplier, addend = self.rounds[_ROUNDS]
+        mixed = (columns * multiplier + addend) & ((1 << self.bits) - 1)
+        mixed = (mixed ^ (mixed >> (self.bits // 2))) * multiplier  # below 2**62
+        negative = ((mixed >> (self.bits - 1)) & 1).bool()  # a keyed bit of j
+        long, short = (torch.tensor(v, dtype=self.compute_dtype, device=columns.device) for v in self.scales)
+        scale = torch.where(rows < self.longer_rows, long, short)
+        return rows, torch.where(negative, -scale, scale)
+
+    def forward(self, coefficients: Tensor) -> Tensor:
+        rows, scale = self.assignment(*self.columns, coefficients.device)
+        return coefficients.to(self.compute_dtype)[rows] * scale  # (stop - start,): a gather; backward scatter-adds
+
+    def row_means(self) -> Tensor:
+        """``W 1 / n`` over the held columns, computed once."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if "row_means" not in cache:
+            start, stop = self.columns
+            with torch.no_grad():
+                rows, scale = self.assignment(start, stop)
+                sums = torch.zeros(self.latent_dim, dtype=torch.float64, device=rows.device).index_add_(0, rows, scale.double())
+                cache["row_means"] = (sums / max(stop - start, 1)).float()
+        return cache["row_means"]
+
+    def segment_row_sums(self, numels: Tensor) -> tuple[Tensor, Tensor]:
+        """Per consecutive segment of the held columns: ``sum_j W_ij`` and ``sum_j W_ij²`` (``(d, T)`` each), one
+        pass over the columns, cached per segmentation."""
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        cache_key = ("segment_row_sums", tuple(numels.tolist()))
+        if cache_key not in cache:
+            with torch.no_grad():
+                rows, scale = self.assignment(*self.columns)
+                segment = torch.repeat_interleave(torch.arange(len(numels), device=rows.device), numels.to(rows.device))
+                flat = rows * len(numels) + segment
+                size = self.latent_dim * len(numels)
+                sums = torch.zeros(size, dtype=torch.float64, device=rows.device).index_add_(0, flat, scale.double())
+                squares = torch.zeros(size, dtype=torch.float64, device=rows.device).index_add_(0, flat, scale.double().square())
+                cache[cache_key] = tuple(t.view(self.latent_dim, len(numels)).float() for t in (sums, squares))
+        return cache[cache_key]
+
+    def weighted_row_sums(self, column_weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``W @ w`` and ``(W∘W) @ w`` for weights of the held columns (a scatter-add each)."""
+        rows, scale = self.assignment(*self.columns, column_weights.device)
+        w = column_weights.to(scale.dtype)
+        zeros = torch.zeros(self.latent_dim, dtype=scale.dtype, device=rows.device)
+        return zeros.index_add(0, rows, scale * w), zeros.index_add(0, rows, scale.square() * w)
+
+    def extra_repr(self) -> str:
+        return f"{self._describe()}, sparse (hashed, never stored)"
+
+
+
 # Operator name -> class, as recipes name them. Each takes (latent_dim, num_outputs, key, *, trainable,
 # dtype, device, columns, transform), has a static storage_bytes(latent_dim, num_outputs, dtype, columns) and a
 # class attribute uses_transform (whether a sharded build must compute the group's orthonormalizer for it).
@@ -572,4 +702,5 @@ OPERATORS: dict[str, type[nn.Module]] = {
     "dense": DenseOperator,
     "seeded": SeededOperator,
     "structured": StructuredOperator,
+    "sparse": SparseOperator,
 }
