@@ -292,7 +292,7 @@ def space(
 ) -> None:
     """The runs as points of one latent space: verifies they share a mapping (the fingerprint of target, mapping
     section and seed in each checkpoint), then lists them with the distances between their latents."""
-    from mapscale.space import SpaceError, check_shared_mapping, latent_distances, read_points
+    from mapscale.space import check_shared_mapping, latent_distances, read_points
 
     with _user_errors():
         points = read_points(runs)
@@ -320,7 +320,7 @@ def interpolate(
 ) -> None:
     """The test metric along the straight latent path (1-t) z_A + t z_B and along the straight path between the
     two materialised weight vectors: a loss-barrier view (table, markdown and PNG plot)."""
-    from mapscale.space import Space, SpaceError
+    from mapscale.space import Space
 
     with _user_errors():
         result = Space.open([run_a, run_b], _device(device)).interpolate(0, 1, steps)
@@ -343,7 +343,7 @@ def ensemble(
     device: DeviceOption = None,
 ) -> None:
     """The test metric of each run, of the averaged-latent model and of the output ensemble (mean softmax)."""
-    from mapscale.space import Space, SpaceError
+    from mapscale.space import Space
 
     with _user_errors():
         result = Space.open(runs, _device(device)).ensemble()
@@ -373,7 +373,6 @@ def search(
 ) -> None:
     """Train RECIPE (a new task in the sources' mapping, e.g. data.classes=[5,6,7,8,9]) from the best or the mean of
     the sources' latents, training only the latents, and from a fresh latent: steps to --target for both."""
-    from mapscale.data import DataError
     from mapscale.space import search as run_search
 
     recipe = _load(recipe_path, overrides)

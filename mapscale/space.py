@@ -23,7 +23,6 @@ each run's own metrics, so the interpolation endpoints reproduce them exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 

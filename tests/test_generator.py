@@ -120,7 +120,7 @@ def test_generation_is_a_pure_function_of_seed(seeded):
         ({"modulation": "mult"}, "unknown modulation 'mult'"),
         ({"activation": "relu"}, "unknown activation 'relu'"),
         ({"variant": "lora"}, "unknown variant 'lora'"),
-        ({"operator": "sparse"}, "unknown operator 'sparse'"),
+        ({"operator": "fastfood"}, "unknown operator 'fastfood'"),
         ({"offset": "zero"}, "unknown offset 'zero'"),
         ({"variant": "lv-wmap", "modulation": "none"}, "nothing to modulate"),
         ({"latent_init_std": -1.0}, "latent_init_std must be >= 0"),
