@@ -54,7 +54,8 @@ def test_the_trainer_runs_every_mapping_loss_term_through_a_never_stored_operato
         assert torch.isfinite(torch.tensor(last[term])), term
 
 
-@pytest.mark.parametrize("operator", ["dense", "seeded", "structured", "sparse"])
+# dense builds an 890 MB mapping and seeded redraws it every pass: 13 s each here, so they run in the slow tier
+@pytest.mark.parametrize("operator", [pytest.param("dense", marks=pytest.mark.slow), pytest.param("seeded", marks=pytest.mark.slow), "structured", "sparse"])
 def test_the_main_recipe_learns_in_two_steps_under_every_operator(operator):
     """recipes/mnist_cnn2.py (CNN2 SLVT 2,048) at its own learning rate: the loss on a fixed batch falls after 2 steps on it."""
     from pathlib import Path
