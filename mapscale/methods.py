@@ -307,23 +307,15 @@ def build_mapping(section: MappingMethod, build: Build) -> MappedModel:
     return map_model(build.target, selectors(section.grouping), section.budget, **common)
 
 
-def build_subspace(section: SubspaceMethod, build: Build) -> MappedModel:
+def build_peer(section: SubspaceMethod | RpgMethod, build: Build) -> MappedModel:
+    """A peer (`mapscale.mapping.peers`, named by the section's ``method``) on the layout its shared fields choose;
+    the section's own fields (subspace: operator, latent_init_std; rpg: constant_init_std) are its options."""
     from mapscale.mapping.peers import peer_model
 
+    options = section.model_dump(exclude=set(_Generated.model_fields))
     return peer_model(
-        build.target, "subspace", selectors(section.grouping), section.budget, seed=section.seed,
-        trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part,
-        operator=section.operator, latent_init_std=section.latent_init_std,
-    )
-
-
-def build_rpg(section: RpgMethod, build: Build) -> MappedModel:
-    from mapscale.mapping.peers import peer_model
-
-    return peer_model(
-        build.target, "rpg", selectors(section.grouping), section.budget, seed=section.seed,
-        trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part,
-        constant_init_std=section.constant_init_std,
+        build.target, section.method, selectors(section.grouping), section.budget, seed=section.seed,
+        trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part, **options,
     )
 
 
@@ -389,8 +381,8 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "mapping": Method(MappingMethod, build_mapping),
-    "subspace": Method(SubspaceMethod, build_subspace),
-    "rpg": Method(RpgMethod, build_rpg),
+    "subspace": Method(SubspaceMethod, build_peer),
+    "rpg": Method(RpgMethod, build_peer),
     "finetune": Method(FinetuneMethod, build_finetune, pretrained=True),
     "lora": Method(LoraMethod, build_adapters, generates=False, pretrained=True),
     "vera": Method(VeraMethod, build_adapters, generates=False, pretrained=True),

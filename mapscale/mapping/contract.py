@@ -83,6 +83,12 @@ def pieces(layout: ParamLayout, part: Part) -> list[tuple[int, int, int]]:
     return out
 
 
+def piece_ranges(layout: ParamLayout, held: Sequence[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """The global ``[start, stop)`` range of each ``(group, start, stop)`` piece (`pieces`), for `from_pieces`."""
+    offsets = group_offsets(layout)
+    return [(offsets[index] + start, offsets[index] + stop) for index, start, stop in held]
+
+
 def views(flat: Tensor, specs: Sequence[TensorSpec]) -> dict[str, Tensor]:
     """``flat`` (the ``specs``' elements back to back) as tensors named by each spec's first name. One
     ``split``, not a slice per tensor: a slice's backward fills a zero tensor the size of ``flat``, which made

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, generate_tensors, group_offsets, held_bytes, pieces, with_aliases
+from mapscale.mapping.contract import WHOLE, Assembly, Part, copy_latents, from_pieces, generate_tensors, held_bytes, piece_ranges, pieces, with_aliases
 from mapscale.mapping.layout import ParamLayout, TensorSpec
 from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key
 
@@ -152,7 +152,7 @@ class MappingGenerator(nn.Module):
         *,
         device: torch.device | str | None = None,
         part: Part = WHOLE,
-        assembly: nn.Module | None = None,
+        assembly: Assembly | None = None,
     ) -> None:
         super().__init__()
         self.layout, self.config, self.part = layout, config, part
@@ -166,8 +166,7 @@ class MappingGenerator(nn.Module):
             raise ValueError(f"variant {config.variant!r} trains the mapping weights, which cannot be split into parts (sharded); use variant 'mapping' or 'lv-wmap'")
         # Column pieces this generator holds, one operator each: every group whole (piece i is group i), or a part's.
         self.pieces = pieces(layout, part)
-        offsets = group_offsets(layout)
-        self._ranges = [(offsets[index] + start, offsets[index] + stop) for index, start, stop in self.pieces]
+        self._ranges = piece_ranges(layout, self.pieces)
         transforms = group_transforms(layout, config.seed, self.pieces, part, device) if not part.whole and operator_cls.uses_transform else {}
 
         self.operators = nn.ModuleList()
@@ -215,13 +214,6 @@ class MappingGenerator(nn.Module):
         index, start, stop = self.pieces[k]
         bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
         return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
-
-    def _whole_group(self, index: int) -> int | None:
-        """The piece holding group ``index`` whole, or None."""
-        for k, (g, start, stop) in enumerate(self.pieces):
-            if g == index and (start, stop) == (0, self.layout.groups[index].numel):
-                return k
-        return None
 
     def start_from(self, latents) -> None:
         """Set the group latents to ``latents`` (lv-wmap's modulators start equal to them)."""
@@ -311,9 +303,8 @@ class MappingGenerator(nn.Module):
     def _group_row_means(self, index: int) -> Tensor:
         """``(latent_dim,)`` row means of group ``index``'s ``W``: the operator's own when held whole, else the
         sum over every part's pieces (fixed mapping: summed once, cached)."""
-        whole = self._whole_group(index)
-        if whole is not None and self.part.whole:
-            return self.operators[whole].row_means()
+        if self.part.whole:  # piece `index` is group `index`
+            return self.operators[index].row_means()
 
         def compute() -> Tensor:
             sums = torch.zeros_like(self.latents[index], dtype=torch.float32)
@@ -331,19 +322,16 @@ class MappingGenerator(nn.Module):
         if self.part.whole:
             return self.operators[index].segment_row_sums(getattr(self, f"numels_{index}"))
 
-        def compute() -> Tensor | None:
+        def compute() -> Tensor:
             d, tensors = self.layout.groups[index].latent_dim, len(self.layout.groups[index].tensors)
             both = torch.zeros(2, d, tensors, device=self.latents[index].device)
             for k, (g, _, _) in enumerate(self.pieces):
                 if g == index:
-                    sums = self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device))
-                    if sums is None:
-                        return None
-                    both = both + torch.stack(sums)
+                    both = both + torch.stack(self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device)))
             return self.part.total(both)
 
         both = self._total(("segment_row_sums", index), compute)
-        return None if both is None else (both[0], both[1])
+        return both[0], both[1]
 
     def _total(self, key, compute):
         """A quantity of the fixed mapping summed over every part: computed once, then cached. Every part's
@@ -377,17 +365,14 @@ class MappingGenerator(nn.Module):
             a, b = sq_sums @ c_sq, sums @ c_sq
             total_c_sq = (c_sq * getattr(self, f"numels_{index}")).sum()
         else:
-            if not self.part.whole:  # needs the whole group's raw output
+            if not self.part.whole or not OPERATORS[self.config.operator].row_sums:  # the whole group's raw output, W∘W
                 return None
             raw = self.raw_piece(index)
             in_s, in_sh, out_s, _ = self._per_element_affine(index)
             slope = ACTIVATION_SLOPES[self.config.activation](raw * in_s + in_sh)
             c_sq_el = (out_s * slope * in_s) ** 2  # (P_g,); depends on z through act'(pre)
-            weighted = self.operators[index].weighted_row_sums(c_sq_el)
-            if weighted is None:
-                return None
-            (sums, sq_sums), total_c_sq = weighted, c_sq_el.sum()
-            a, b = sq_sums, sums
+            sums, sq_sums = self.operators[index].weighted_row_sums(c_sq_el)
+            a, b, total_c_sq = sq_sums, sums, c_sq_el.sum()
         norm = (m**2 * a).sum()
         if g is not None:
             norm = norm + 2 * (m * g * b).sum() + g.dot(g) * total_c_sq

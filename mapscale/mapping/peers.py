@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, generate_tensors, group_offsets, held_bytes, pieces
+from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, generate_tensors, held_bytes, piece_ranges, pieces
 from mapscale.mapping.generator import Identity, latent_init
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
 from mapscale.mapping.mapped import MappedModel, build_mapped
@@ -60,8 +60,7 @@ class _Peer(nn.Module):
         self.assembly = Identity(layout.generated_tensors())
         self.outputs = self.assembly.outputs
         self.pieces = pieces(layout, part)
-        offsets = group_offsets(layout)
-        self._ranges = [(offsets[index] + start, offsets[index] + stop) for index, start, stop in self.pieces]
+        self._ranges = piece_ranges(layout, self.pieces)
         self.latents = nn.ParameterList()
 
     def _piece(self, k: int, latent: Tensor) -> Tensor:

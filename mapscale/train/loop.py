@@ -88,6 +88,7 @@ def train(
     step, best = resume_from(run, run_dir, mapping_id, log, console) if resume else (0, {})
     every_eval = recipe.output.eval_every or run.batches_per_epoch
     every_checkpoint = recipe.output.checkpoint_every or run.batches_per_epoch
+    epochs = math.ceil(run.total_steps / run.batches_per_epoch)
     progress = progress_bar(console, recipe.output.progress and world.is_main)
     bar = progress.add_task(recipe.name, total=run.total_steps, completed=step, loss=float("nan"), metric="", rate=0.0)
     stop, throughput = StopFlag(console), Throughput()
@@ -114,7 +115,6 @@ def train(
                     log.write(step, {"split": "train-eval", **final_train})
                 if due(step, every_checkpoint, run.total_steps):
                     save(run, run_dir, step, best, mapping_id)
-                epochs = math.ceil(run.total_steps / run.batches_per_epoch)
                 progress.update(bar, completed=step, description=f"{recipe.name} epoch {epoch + 1}/{epochs}")
                 if step < run.total_steps:  # a stop asked for on any rank (all agree), or this invocation's share done
                     signalled = world.any(stop.requested)
