@@ -180,7 +180,7 @@ def test_same_weights_on_cpu_and_gpu(name):
     assert torch.allclose(gpu, cpu, atol=1e-6)
 
 
-@pytest.mark.parametrize(("latent_dim", "num_outputs"), [(3, 10), (7, 100), (16, 1000), (5, 5), (64, 4097)])
+@pytest.mark.parametrize(("latent_dim", "num_outputs"), [(3, 10), (7, 100), (16, 1000), (5, 5), (64, 4097), (13, 20_000), (600, 5000), (1, 700)])
 def test_sparse_rows_are_disjoint_balanced_and_orthonormal(latent_dim, num_outputs):
     op = SparseOperator(latent_dim, num_outputs, KEY, dtype=torch.float64)
     weight = torch.stack([op(row) for row in torch.eye(latent_dim, dtype=torch.float64)])  # (d, P), column by column
@@ -198,6 +198,9 @@ def test_sparse_rows_are_disjoint_balanced_and_orthonormal(latent_dim, num_outpu
 
 def test_sparse_holds_nothing_per_parameter():
     small, large = SparseOperator(64, 1_000, KEY), SparseOperator(64, 1_000_000, KEY)
-    assert sum(t.numel() for t in [*small.buffers(), *large.buffers(), *small.parameters(), *large.parameters()]) == 0
-    assert SparseOperator.storage_bytes(64, 1_000) == SparseOperator.storage_bytes(64, 1_000_000) == 0
+    held = [sum(t.numel() * t.element_size() for t in [*op.buffers(), *op.parameters()]) for op in (small, large)]
+    assert held[0] == held[1] == SparseOperator.storage_bytes(64, 1_000) == SparseOperator.storage_bytes(64, 1_000_000)
+    assert held[1] == 64 * (8 + 4) + 512 * 4  # row permutation, row scales, one block's signs
+    assert held[1] / DenseOperator.storage_bytes(64, 1_000_000) < 1e-4  # 2,816 B against 256,000,000 B
+    assert SparseOperator.storage_bytes(2048, 108_618) / DenseOperator.storage_bytes(2048, 108_618) < 0.01
     assert large(torch.randn(64)).shape == (1_000_000,)

@@ -114,6 +114,10 @@ def _one_of(field: str, value, allowed) -> None:
         raise ValueError(f"unknown {field} {value!r}; choose one of {list(allowed)}")
 
 
+def _joined(segments: list[Tensor]) -> Tensor:
+    return segments[0] if len(segments) == 1 else torch.cat(segments)
+
+
 def latent_init(seed: int, group: str, latent_dim: int, std: float) -> Tensor:
     """The seeded initial latent of ``group``: ``N(0, std²)`` from a generator keyed on (seed, group)."""
     generator = torch.Generator().manual_seed(mapping_key(seed, f"{group}/latent"))
@@ -215,6 +219,15 @@ class MappingGenerator(nn.Module):
         bounds = [(t.offset, t.offset + t.numel) for t in self.layout.groups[index].tensors]
         return torch.tensor([max(0, min(stop, hi) - max(start, lo)) for lo, hi in bounds])
 
+    def _segments(self, k: int) -> tuple[list[int], list[int]]:
+        """The tensors piece ``k`` holds a part of (their indices in the group) and the sizes of those parts."""
+        cache = self.__dict__.setdefault("_segment_cache", {})
+        if k not in cache:
+            numels = self._clipped_numels(k).tolist()
+            held = [t for t, n in enumerate(numels) if n]
+            cache[k] = (held, [numels[t] for t in held])
+        return cache[k]
+
     def start_from(self, latents) -> None:
         """Set the group latents to ``latents`` (lv-wmap's modulators start equal to them)."""
         copy_latents(self.latents, latents, self.modulators)
@@ -259,12 +272,20 @@ class MappingGenerator(nn.Module):
         return out if shift is None else out + shift
 
     def postprocess_piece(self, k: int, raw: Tensor) -> Tensor:
-        """Per-tensor affine + activation (+ ``theta_0`` for ``offset="init"``) on piece ``k``'s raw output."""
-        in_scale, in_shift, out_scale, out_shift = self._per_element_affine(k)
-        out = ACTIVATIONS[self.config.activation](raw * in_scale + in_shift) * out_scale + out_shift
-        if self.config.offset == "init":
-            out = out + getattr(self, f"base_{k}")
-        return out
+        """Per-tensor affine + activation (+ ``theta_0`` for ``offset="init"``) on piece ``k``'s raw output: one
+        scalar op per tensor on its segment (the same rounding as per-element constants, without building them)."""
+        index = self.pieces[k][0]
+        affine = getattr(self, f"affine_{index}")  # (4, T)
+        act = ACTIVATIONS[self.config.activation]
+        held, sizes = self._segments(k)
+        segments = raw.split(sizes)
+        if self.config.offset == "init":  # shifts are 0: theta = theta_0 + out_scale * act(in_scale * u)
+            if self.config.activation == "identity":  # one product per element: theta = theta_0 + (out_scale in_scale) u
+                out = [u * (affine[0, t] * affine[2, t]) for u, t in zip(segments, held)]
+            else:
+                out = [act(u * affine[0, t]) * affine[2, t] for u, t in zip(segments, held)]
+            return _joined(out) + getattr(self, f"base_{k}")
+        return _joined([act(u * affine[0, t] + affine[1, t]) * affine[2, t] + affine[3, t] for u, t in zip(segments, held)])
 
     def _per_element_affine(self, k: int) -> tuple[Tensor, ...]:
         index, start, stop = self.pieces[k]
@@ -274,6 +295,16 @@ class MappingGenerator(nn.Module):
 
     def generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
         """``(stop - start,)``: the generated parameters of piece ``k``."""
+        held, _ = self._segments(k)
+        if self.config.activation == "identity" and len(held) == 1:
+            # One tensor, no activation: its scale moves before the (linear) operator, onto latent_dim values.
+            affine = getattr(self, f"affine_{self.pieces[k][0]}")[:, held[0]]
+            scale = affine[0] * affine[2]
+            coefficients, shift = self.coefficients(self.pieces[k][0], latent)
+            out = self.operators[k](coefficients * scale)
+            if self.config.offset == "init":
+                return out + getattr(self, f"base_{k}") if shift is None else out + (shift * scale + getattr(self, f"base_{k}"))
+            return out + ((0 if shift is None else shift * scale) + affine[1] * affine[2] + affine[3])
         return self.postprocess_piece(k, self.raw_piece(k, latent))
 
     def generate(self, start: int, stop: int, latents=None) -> Tensor:

@@ -567,31 +567,46 @@ class StructuredOperator(_Operator):
 
 # -- the sparse isometry: one hashed non-zero per column ---------------------------------------------------
 
-_ROUNDS = 3
+def _keyed_hash(values: Tensor, key: int) -> Tensor:
+    """A keyed 31-bit integer hash of int64 ``values`` below 2**31 (two multiply-xorshift rounds; every product
+    stays below 2**62, so int64 arithmetic never overflows: the same bits on any device)."""
+    bits = block_seed(key, -100)
+    mask = (1 << 31) - 1
+    for multiplier, addend in ((((bits >> 32) & 0x7FFFFFFF) | 1, bits & mask), (((bits >> 1) & 0x7FFFFFFF) | 1, (bits >> 33) & mask)):
+        values = (values * multiplier + addend) & mask
+        values = values ^ (values >> 15)
+    return values
 
 
-def _round_constants(key: int, count: int) -> list[tuple[int, int]]:
-    """``count`` (odd multiplier below 2**20, addend below 2**30) pairs derived from ``key``."""
-    out = []
-    for i in range(count):
-        bits = block_seed(key, -100 - i)
-        out.append((((bits >> 32) & 0xFFFFF) | 1, bits & 0x3FFFFFFF))
-    return out
+def _rolled_rows(values: Tensor, shifts: Tensor, flips: Tensor, length: int) -> Tensor:
+    """``(nb, length)``: row ``b`` is ``flips[b] * values`` (``d``; ``length`` a multiple of ``d``) tiled and rolled
+    left by ``shifts[b]``: ``out[b, r] = flips[b] * values[(r + shifts[b]) % d]``. Windows of a tiling of ``values``
+    followed by one of ``-values``: a row copy each, no index per element."""
+    d = values.shape[-1]
+    tiled = values.repeat(length // d + 1)  # long enough for a window at any shift below d
+    starts = shifts + (flips < 0) * len(tiled)
+    return torch.cat([tiled, -tiled]).unfold(0, length, 1).index_select(0, starts)
 
 
 class SparseOperator(_Operator):
-    """A sparse isometry: each column ``j`` of ``W`` holds exactly one non-zero, ``±1/sqrt(n_i)`` in row
-    ``i = pi(j) mod latent_dim``, with ``pi`` a keyed bijection of the column indices ``[0, P)`` (3 rounds of
-    ``x -> (a x + k) mod 2**m`` (``a`` odd) and ``x -> x ^ (x >> m/2)`` on the smallest ``2**m >= P``, each a
-    bijection, cycle-walked into ``[0, P)``) and the sign a keyed bit of ``j``.
-    Since ``pi`` is a bijection, row ``i`` gets ``n_i = floor(P/d)`` or ``ceil(P/d)`` columns; rows have disjoint
-    supports and unit norm, so ``W Wᵀ = I`` (exactly up to the rounding of ``1/sqrt(n_i)``).
+    """A sparse isometry: each column ``j`` of ``W`` holds exactly one non-zero, ``±1/sqrt(n_i)`` in row ``i``;
+    rows have disjoint supports and unit norm, so ``W Wᵀ = I`` (exactly up to the rounding of ``1/sqrt(n_i)``).
 
-    Nothing is stored per parameter: rows and signs are recomputed from the column indices on every pass (integer
-    hashing, ``O(P)``), bit-identical on any device and for any column range, so a part holds no more than a whole.
-    ``Wᵀ c`` is a gather, ``W g`` a scatter-add.
+    Columns are cut into blocks of ``L`` (the smallest multiple of ``d = latent_dim`` that is at least
+    ``MIN_BLOCK``): column ``j = b L + r`` goes to row ``i = perm[(r + shift_b) % d]`` with sign
+    ``flip_b * sign[r]``, where ``perm`` (a seeded permutation of the rows) and ``sign`` (seeded ±1, ``L`` long)
+    are tables and ``shift_b``, ``flip_b`` a keyed integer hash of the block index. Each full block visits every
+    row ``L/d`` times and the last, cut block every row ``floor`` or ``ceil`` of its length over ``d`` times, so
+    row ``i`` gets ``n_i = floor(P/d)`` or ``ceil(P/d)`` columns. Columns sharing a row sit ``d`` apart inside a
+    block and at hashed offsets across blocks, with hashed signs.
+
+    Nothing is stored per parameter: the tables are ``O(d + L)``, the block hashes are recomputed on every pass
+    (``O(P/L)``), bit-identical on any device and for any column range. ``Wᵀ c`` is one copy of an ``L``-long
+    row per block and a sign product; ``W g`` the sign product, a sum of each block's ``d``-long pieces, the
+    copies backwards and a sum over blocks: ``O(P)``, with no index per element and no scatter.
     """
 
+    MIN_BLOCK = 512
     uses_transform = False
     row_sums = True
 
@@ -609,52 +624,81 @@ class SparseOperator(_Operator):
     ) -> None:
         super().__init__(latent_dim, num_outputs, key, columns)
         _not_trainable("sparse", trainable)
+        if num_outputs >= 2**31:
+            raise ValueError(f"{num_outputs} outputs exceed the sparse operator's 2**31 columns")
         self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self.bits = max(2, (num_outputs - 1).bit_length())  # 2**bits >= P: fewer than half the values walk
-        # keys only (Python ints): every product stays below 2**50, so int64 arithmetic never overflows: the same
-        # bits on any device
-        self.rounds = _round_constants(key, _ROUNDS + 1)
-        if self.bits > 42:
-            raise ValueError(f"{num_outputs} outputs exceed the sparse operator's 2**42 columns")
-        self.per_row, self.longer_rows = divmod(num_outputs, latent_dim)  # rows below `longer_rows` get one more column
-        # 1/sqrt(n) for the two row lengths, rounded once in Python: the same scale on every device
-        self.scales = (1 / math.sqrt(self.per_row + 1), 1 / math.sqrt(self.per_row)) if self.per_row else (1.0, 1.0)
-        self.device = torch.device(device or "cpu")
+        self.block = self.block_length(latent_dim)
+        device = torch.device(device or "cpu")
+        generator = torch.Generator().manual_seed(block_seed(key, -1))
+        perm = torch.randperm(latent_dim, generator=generator)  # (d,) the row of position x
+        sign = torch.randint(0, 2, (self.block,), generator=generator) * 2 - 1  # (L,) ±1 per place r in a block
+        # n_i: L/d per full block, plus the last, cut block's visits
+        full, cut = divmod(num_outputs, self.block)
+        counts = torch.full((latent_dim,), full * (self.block // latent_dim), dtype=torch.int64)
+        if cut:
+            last = (torch.arange(cut) + self._shifts(torch.tensor([full]))[0]) % latent_dim
+            counts += torch.bincount(perm[last], minlength=latent_dim)
+        row_scale = torch.tensor([1 / math.sqrt(n) if n else 0.0 for n in counts.tolist()], dtype=torch.float64)  # rounded once
+        for name, table in (("perm", perm), ("sign", sign.to(self.compute_dtype)), ("row_scale", row_scale.to(self.compute_dtype))):
+            self.register_buffer(name, table.to(device), persistent=False)
 
-    @staticmethod
-    def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
-        return 0  # keys only: rows and signs are recomputed from the column indices
+    @classmethod
+    def block_length(cls, latent_dim: int) -> int:
+        return latent_dim * -(-cls.MIN_BLOCK // latent_dim)
 
-    def _permute(self, x: Tensor) -> Tensor:
-        """A keyed bijection of ``[0, 2**bits)`` (int64)."""
-        mask, shift = (1 << self.bits) - 1, self.bits // 2
-        for multiplier, addend in self.rounds[:_ROUNDS]:
-            x = (x * multiplier + addend) & mask
-            x = x ^ (x >> shift)
-        return x
+    @classmethod
+    def storage_bytes(cls, latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
+        itemsize = 8 if dtype == torch.float64 else 4
+        return latent_dim * (8 + itemsize) + cls.block_length(latent_dim) * itemsize  # perm, row scale, sign: none per column
+
+    def _shifts(self, blocks: Tensor) -> Tensor:
+        return _keyed_hash(blocks, self.key) % self.latent_dim
+
+    def _flips(self, blocks: Tensor) -> Tensor:
+        return (_keyed_hash(blocks, self.key + 1) >> 30) * 2 - 1  # int64 ±1
+
+    def _blocks(self, device) -> tuple[Tensor, Tensor, int]:
+        """The blocks the held columns touch: their shifts and flips, and the offset of ``start`` in the first."""
+        start, stop = self.columns
+        first, last = start // self.block, max(stop - 1, start) // self.block
+        blocks = torch.arange(first, last + 1, dtype=torch.int64, device=device)
+        return self._shifts(blocks), self._flips(blocks), start - first * self.block
+
+    def apply(self, coefficients: Tensor) -> Tensor:
+        """``(Wᵀ c)[start:stop]``."""
+        start, stop = self.columns
+        shifts, flips, offset = self._blocks(coefficients.device)
+        values = (coefficients.to(self.compute_dtype) * self.row_scale)[self.perm]  # (d,) the value at position x
+        out = _rolled_rows(values, shifts, flips, self.block) * self.sign  # (nb, L)
+        return out.reshape(-1)[offset : offset + stop - start]
+
+    def apply_transpose(self, grad: Tensor) -> Tensor:
+        """``W g`` for ``g`` over the held columns."""
+        start, stop = self.columns
+        shifts, flips, offset = self._blocks(grad.device)
+        nb, d, length = len(shifts), self.latent_dim, self.block
+        grad = grad.to(self.compute_dtype)
+        whole = (stop - start) // length if offset == 0 else 0  # blocks the gradient covers whole: a view, no copy
+        padded = torch.zeros((nb - whole) * length, dtype=grad.dtype, device=grad.device)
+        padded[offset : offset + stop - start - whole * length] = grad[whole * length :]
+        blocks = [grad[: whole * length].view(whole, length), padded.view(nb - whole, length)]
+        rows = torch.cat([(b * self.sign).view(len(b), length // d, d).sum(1) for b in blocks]) * flips[:, None]  # (nb, d)
+        flat = torch.cat([rows, rows], dim=1).reshape(-1)  # row b at [2 d b, 2 d b + 2 d)
+        starts = torch.arange(nb, device=grad.device) * (2 * d) + (d - shifts)
+        by_position = flat.unfold(0, d, 1).index_select(0, starts).sum(0)  # (d,): out[x] = sum_b rows[b, (x - s_b) % d]
+        return torch.zeros_like(by_position).index_copy_(0, self.perm, by_position) * self.row_scale
+
+    def forward(self, coefficients: Tensor) -> Tensor:
+        return _Linear.apply(coefficients, self)
 
     def assignment(self, start: int, stop: int, device=None) -> tuple[Tensor, Tensor]:
         """``(rows, scale)`` of columns ``[start, stop)``: each column's row (int64) and its signed value
         ``±1/sqrt(n_row)`` (compute dtype), a pure function of the key and the column index."""
-        columns = torch.arange(start, stop, dtype=torch.int64, device=device or self.device)
-        permuted = self._permute(columns)
-        outside = (permuted >= self.num_outputs).nonzero().squeeze(1)
-        while outside.numel():  # cycle-walk back into [0, P) (a bijection of [0, P) itself), only where outside
-            walked = self._permute(permuted[outside])
-            permuted[outside] = walked
-            outside = outside[walked >= self.num_outputs]
-        rows = permuted % self.latent_dim
-        multiplier, addend = self.rounds[_ROUNDS]
-        mixed = (columns * multiplier + addend) & ((1 << self.bits) - 1)
-        mixed = (mixed ^ (mixed >> (self.bits // 2))) * multiplier  # below 2**62
-        negative = ((mixed >> (self.bits - 1)) & 1).bool()  # a keyed bit of j
-        long, short = (torch.tensor(v, dtype=self.compute_dtype, device=columns.device) for v in self.scales)
-        scale = torch.where(rows < self.longer_rows, long, short)
-        return rows, torch.where(negative, -scale, scale)
-
-    def forward(self, coefficients: Tensor) -> Tensor:
-        rows, scale = self.assignment(*self.columns, coefficients.device)
-        return coefficients.to(self.compute_dtype)[rows] * scale  # (stop - start,): a gather; backward scatter-adds
+        device = device or self.perm.device
+        columns = torch.arange(start, stop, dtype=torch.int64, device=device)
+        blocks, place = columns // self.block, columns % self.block
+        rows = self.perm[(place + self._shifts(blocks)) % self.latent_dim]
+        return rows, self.row_scale[rows] * self.sign[place] * self._flips(blocks).to(self.compute_dtype)
 
     def row_means(self) -> Tensor:
         """``W 1 / n`` over the held columns, computed once."""
@@ -691,8 +735,7 @@ class SparseOperator(_Operator):
         return zeros.index_add(0, rows, scale * w), zeros.index_add(0, rows, scale.square() * w)
 
     def extra_repr(self) -> str:
-        return f"{self._describe()}, sparse (hashed, never stored)"
-
+        return f"{self._describe()}, sparse (hashed blocks, nothing stored per column)"
 
 
 # Operator name -> class, as recipes name them. Each takes (latent_dim, num_outputs, key, *, trainable,
