@@ -458,6 +458,7 @@ def _print_summary(result) -> None:
     ]
     rows += [(f"final {k}", f"{v:.4f}") for k, v in result.final.items()]
     rows += [(f"final train-split {k}", f"{v:.4f}") for k, v in result.final_train.items()]
+    rows += [(f"final validation {k}", f"{v:.4f}") for k, v in result.final_validation.items()]
     rows += [(f"best {k}", f"{v:.4f} (step {result.best['step']})") for k, v in result.best.items() if k != "step"]
     rows += [("wall time", f"{result.wall_seconds:,.1f} s"), ("run directory", str(result.run_dir))]
     for key, value in rows:

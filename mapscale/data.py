@@ -28,7 +28,7 @@ import math
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
@@ -98,6 +98,8 @@ class DataSplits:
     hold 255); regression: None."""
     input_shape: tuple[int, ...]
     """Shape of one input tensor, e.g. ``(1, 28, 28)`` or ``(n_features,)``."""
+    validation: Dataset | None = None
+    """Examples held out of the training split (``data.validation_size``), or None."""
 
 
 def shipped_mnist(test_size: int = 1000, seed: int = 0) -> tuple[Split, Split]:
@@ -127,6 +129,9 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if section.validation_size is not None:
+        splits = build_datasets(section.model_copy(update={"validation_size": None}), task, cache_dir=cache_dir)
+        return _hold_out_validation(splits, section.validation_size, section.split_seed)
     if section.classes is not None:
         return _keep_classes(build_datasets(section.model_copy(update={"classes": None}), task, cache_dir=cache_dir), section.classes, task)
     if (task == "segmentation") != (section.name == "segfolder"):
@@ -162,6 +167,25 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     else:
         splits, source = _load_hub(section, cache_dir)
     return _build_from_hf(splits, section, task, source)
+
+
+def _hold_out_validation(splits: DataSplits, validation_size: float, seed: int) -> DataSplits:
+    """``data.validation_size``: a seeded random share of the training split becomes the validation split."""
+    n = len(splits.train)
+    count = _test_count(n, validation_size)
+    if count >= n:
+        raise DataError(f"data.validation_size {validation_size} holds out {count} of the {n} training examples, leaving none to train on")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    train, validation = (_subset(splits.train, order[a:b]) for a, b in ((count, n), (0, count)))
+    return replace(splits, train=train, validation=validation)
+
+
+def _subset(dataset: Dataset, indices: list[int]) -> Dataset:
+    """The examples ``indices`` of ``dataset``: tensors indexed (a `TensorDataset` stays one), else a `Subset`."""
+    if isinstance(dataset, TensorDataset):
+        index = torch.tensor(indices, dtype=torch.int64)
+        return TensorDataset(*(t[index] for t in dataset.tensors))
+    return torch.utils.data.Subset(dataset, indices)
 
 
 def _keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSplits:

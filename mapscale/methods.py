@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -50,6 +50,8 @@ class MethodSection(Section):
 
     method: str
     """The method: ``mapping``, ``subspace``, ``rpg``, ``finetune``, ``lora``, ``vera`` or ``full``."""
+    default_lr: ClassVar[float] = 5e-2
+    """The peak learning rate a recipe that sets no ``optim.lr`` trains this method with."""
 
     def check_loss(self, loss: LossSection) -> None:
         """Refuse Mapping Loss terms this method cannot take (the default: all of them)."""
@@ -173,6 +175,10 @@ class SubspaceMethod(_Generated):
     """The projection's operator (``dense``, ``seeded``, ``structured``, ``sparse``), as the mapping's ``operator``."""
     latent_init_std: float = Field(0.0, ge=0)
     """Std of the seeded init of ``z``; 0: start exactly at the target's init ``theta0``."""
+    scale: Literal["relative", "none"] = "relative"
+    """``relative``: ``theta = theta0 + s_g P z`` with one fixed ``s_g`` per group, so that a unit step of ``z`` moves
+    the group's weights by about one init std whatever the budget (one learning rate for every budget);
+    ``none``: Li et al.'s ``theta0 + P z`` (the best rate then falls as the budget grows)."""
 
     def describe(self) -> str:
         return f"subspace ({super().describe()})"
@@ -255,6 +261,7 @@ class FullMethod(MethodSection):
     every tensor but the head's ``frozen``."""
 
     method: Literal["full"] = "full"
+    default_lr: ClassVar[float] = 1e-3
     frozen: list[str] = Field(default_factory=list)
     """Selectors of tensors kept fixed at their initial (or pretrained) values."""
 

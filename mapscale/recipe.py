@@ -107,6 +107,11 @@ class DataSection(Section):
     test_size: float = Field(0.2, gt=0)
     """Held-out share when the data has no test split: a fraction (< 1) or a count of examples (>= 1).
     For ``shipped_mnist`` a count of 1,000 is the convention (4,000 train)."""
+    validation_size: float | None = Field(None, gt=0)
+    """Hold out this share of the training split for validation (a fraction < 1, or a count of examples >= 1;
+    seeded by ``split_seed``): the run trains on the rest and reports the final model on it (``validation`` in
+    the log, ``final_validation`` in result.json), for choosing settings without looking at the test split.
+    None: no validation split."""
     split_seed: int = 0
     """Seed of the deterministic train/test split."""
     input_column: str | None = None
@@ -173,8 +178,10 @@ class OptimSection(Section):
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     """The optimiser."""
-    lr: float = Field(5e-2, gt=0)
-    """Peak learning rate. Latents tolerate far larger rates than weights (5e-2 vs 1e-3 for full training)."""
+    lr: float | None = Field(None, gt=0)
+    """Peak learning rate; None: the method's default (``mapping.default_lr``, measured by ``bench/defaults.py``).
+    For the generated methods (mapping, subspace, rpg) it is relative: a step of ``lr`` on every latent entry
+    moves each generated tensor by about ``lr`` of its init std, whatever the budget, grouping and operator."""
     weight_decay: float = Field(0.0, ge=0)
     """Weight decay on the trainable tensors."""
     momentum: float = Field(0.9, ge=0)
@@ -293,6 +300,11 @@ class Recipe(Section):
     def _loss_terms_fit_the_method(self) -> Recipe:
         self.mapping.check_loss(self.loss)
         return self
+
+    @property
+    def lr(self) -> float:
+        """The peak learning rate this recipe trains with: ``optim.lr``, or the method's default."""
+        return self.optim.lr if self.optim.lr is not None else self.mapping.default_lr
 
     @model_validator(mode="after")
     def _default_name(self) -> Recipe:

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).parents[1]
-RECIPE = ROOT / "recipes" / "mnist_cnn2.py"
+RECIPE = Path(__file__).parent / "pinned" / "recipe.py"  # recipes/mnist_cnn2.py as it was, every default spelled out
 PINNED = Path(__file__).parent / "pinned" / "metrics.json"
 
 SMALL = ["data.max_examples=640", "optim.max_steps=8", "output.log_every=1", "output.progress=false", "mapping.budget=256"]
 PRETRAINED = "{pretrained}"  # replaced by the path of a seeded CNN2 state_dict (`pretrained_weights`)
 
-# name -> overrides of recipes/mnist_cnn2.py (CNN2 SLVT 2,048 around its init, dense operator)
+# name -> overrides of the pinned recipe (CNN2 SLVT 2,048 around its init, dense operator)
 CASES: dict[str, list[str]] = {
     "main": ["optim.max_steps=60", "output.progress=false"],
     "lwt": [*SMALL, "mapping.grouping=lwt"],
@@ -30,7 +30,7 @@ CASES: dict[str, list[str]] = {
     "lv_wmap": [*SMALL, "mapping.offset=mean", "mapping.variant=lv-wmap"],
     "loss_terms": [*SMALL, "mapping.grouping=lwt", "mapping.offset=mean", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5"],
     "structured": [*SMALL, "mapping.operator=structured", "optim.lr=0.3"],
-    "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded"],
+    "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded", "mapping.scale=none"],
     "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt"],
     "finetune": [*SMALL, "mapping.method=finetune", "mapping.budget=64", f"target.weights={PRETRAINED}"],
     "lowrank": [*SMALL, "mapping.low_rank=8"],

@@ -484,3 +484,25 @@ def test_timeseries_through_the_recipe_section(tmp_path):
     assert len(splits.train) == 40 - 6 - 2 + 1 and len(splits.test) == 10 - 6 - 2 + 1
     with pytest.raises(DataError, match="needs task=regression"):
         build_datasets(section, "classification")
+
+
+def test_validation_split_is_carved_from_training_and_reported(tmp_path):
+    from mapscale.recipe import load_recipe
+    from mapscale.train import train, write_run_files
+
+    plain = build_datasets(DataSection(name="shipped_mnist", test_size=1000), "classification")
+    held = build_datasets(DataSection(name="shipped_mnist", test_size=1000, validation_size=0.125), "classification")
+    assert (len(held.train), len(held.validation), len(held.test)) == (3500, 500, 1000)
+    assert torch.equal(held.test.tensors[0], plain.test.tensors[0])  # the test split is untouched
+    rows = lambda ds: {hash(x.numpy().tobytes()) for x in ds.tensors[0]}  # noqa: E731
+    trained, validation, test = rows(held.train), rows(held.validation), rows(held.test)
+    assert not trained & validation and not validation & test and trained | validation == rows(plain.train)
+    with pytest.raises(DataError, match="leaving none to train on"):
+        build_datasets(DataSection(name="shipped_mnist", test_size=1000, validation_size=4000), "classification")
+
+    overrides = ["data.validation_size=500", "optim.max_steps=3", "mapping.operator=structured"]
+    recipe = load_recipe("recipes/mnist_cnn2.py", overrides)
+    write_run_files(tmp_path, recipe, None, overrides)
+    result = train(recipe, tmp_path)
+    assert set(result.final_validation) == set(result.final) and 0 <= result.final_validation["accuracy"] <= 1
+    assert result.final_validation != result.final

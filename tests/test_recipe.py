@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mapscale.recipe import Recipe, RecipeError, apply_overrides, load_recipe
+from mapscale.recipe import FullMethod, MappingMethod, Recipe, RecipeError, apply_overrides, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.py"))
 
@@ -43,7 +43,8 @@ def test_overrides_are_validated_with_clear_messages():
     recipe = Recipe()
     changed = apply_overrides(recipe, ["optim.lr=3e-3", "mapping.budget=4096", "mapping.grouping=lwt", "target.args={\"classes\": 2}"])
     assert changed.optim.lr == 3e-3 and changed.mapping.budget == 4096 and changed.mapping.grouping == "lwt"
-    assert changed.target.args == {"classes": 2} and recipe.optim.lr == 5e-2  # the original is untouched
+    assert changed.target.args == {"classes": 2} and recipe.optim.lr is None  # the original is untouched
+    assert recipe.lr == MappingMethod.default_lr and apply_overrides(recipe, ["mapping.method=full"]).lr == FullMethod.default_lr
     with pytest.raises(RecipeError, match=r"unknown key 'mapping.budgt': mapping \(method 'mapping'\) has no 'budgt'. Did you mean 'budget'\? Valid keys: activation, budget"):
         apply_overrides(recipe, ["mapping.budgt=4"])
     with pytest.raises(RecipeError, match=r"optim.lr: Input should be a valid number.*got 'fast'"):

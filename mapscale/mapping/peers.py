@@ -11,8 +11,12 @@ random ``P_g x d_g`` projection and ``z_g`` the trained vector, started at 0 (th
 mapping generator keys its ``W`` for the same seed and group: its columns are orthonormal (Li et al. normalise
 random Gaussian columns to unit length, which in high dimension are nearly orthogonal; ``dense`` and ``seeded``
 are that matrix exactly orthogonalised, ``structured`` is a randomized Hadamard transform, the same family as
-their Fastfood projection). There is no per-tensor scale: ``||theta - theta0|| = ||z||``, as in the paper.
-With the same seed, mapscale's generator with ``offset="init"``, ``modulation="none"`` differs from this only
+their Fastfood projection). With ``scale="none"`` there is no scale: ``||theta - theta0|| = ||z||``, as in the paper, so a step of
+``z`` moves each weight by ``sqrt(d_g / P_g)`` of it and the best learning rate depends on the budget. The
+default ``scale="relative"`` multiplies each group's ``P_g z_g`` by one fixed constant, ``s_g = rms_g
+sqrt(P_g / d_g)`` (``rms_g`` the root mean square of the init stds of the group's tensors): a step of unit
+entries then moves the group's weights by about one init std, as the mapping's calibration does, and one
+learning rate serves every budget (``bench/defaults.py``). With the same seed, mapscale's generator with ``offset="init"``, ``modulation="none"`` differs from this only
 by its per-tensor scale (a latent of unit-variance entries moves each tensor by one init std).
 
 **Recurrent Parameter Generator** (Wang et al. 2021, "Recurrent Parameter Generators"; after the official
@@ -34,6 +38,7 @@ whole trainable budget (recipes can keep tensors trainable with ``mapping.traina
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
@@ -105,11 +110,14 @@ class SubspaceGenerator(_Peer):
         seed: int = 0,
         operator: str = "dense",
         latent_init_std: float = 0.0,
+        scale: str = "relative",
         device: torch.device | str | None = None,
         part: Part = WHOLE,
     ) -> None:
         super().__init__()
         self._setup(layout, part)
+        if scale not in SUBSPACE_SCALES:
+            raise ValueError(f"unknown subspace scale {scale!r}; choose one of {list(SUBSPACE_SCALES)}")
         if operator not in OPERATORS:
             raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
         if not latent_init_std >= 0:
@@ -124,12 +132,28 @@ class SubspaceGenerator(_Peer):
             self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device, columns=columns, transform=transforms.get(index)))
             theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
             self.register_buffer(f"theta0_{k}", theta0.to(device), persistent=False)  # (stop - start,), not a view of the group
+        relative = scale == "relative" and device.type != "meta"  # on meta (inspect) only shapes exist
+        self.scales = [_relative_scale(group, init_tensors) if relative else 1.0 for group in layout.groups]
         for group in layout.groups:
             z0 = latent_init(seed, group.name, group.latent_dim, latent_init_std) if latent_init_std > 0 else torch.zeros(group.latent_dim)
             self.latents.append(nn.Parameter(z0.to(device)))
 
     def _piece(self, k: int, z: Tensor) -> Tensor:
-        return getattr(self, f"theta0_{k}") + self.operators[k](z)  # (stop - start,)
+        scale = self.scales[self.pieces[k][0]]
+        return getattr(self, f"theta0_{k}") + self.operators[k](z if scale == 1.0 else z * scale)  # (stop - start,)
+
+
+SUBSPACE_SCALES = ("relative", "none")
+
+
+def _relative_scale(group, init_tensors: Mapping[str, Tensor]) -> float:
+    """``s_g = rms_g sqrt(P_g / d_g)``: the root mean square over the group's weights of their tensors' init stds
+    (`CONSTANT_INIT_STD` for a constant tensor), times ``sqrt(P_g / d_g)``. From the whole group on every part."""
+    square_sum = sum(_init_stats(init_tensors[t.name], CONSTANT_INIT_STD)[0] ** 2 * t.numel for t in group.tensors)
+    return math.sqrt(square_sum / group.numel) * math.sqrt(group.numel / group.latent_dim)
+
+
+CONSTANT_INIT_STD = 0.02  # the spread a constant tensor counts with, as the mapping's default constant_init_std
 
 
 def ring_assignment(seed: int, group: str, ring_size: int, numel: int) -> tuple[Tensor, Tensor]:

@@ -101,12 +101,12 @@ def trainable_parameters(model: MappedModel, loss_fn: MappingLoss) -> list[nn.Pa
 def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int):
     o = recipe.optim
     if o.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     else:
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        optimizer = cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = cls(params, lr=recipe.lr, weight_decay=o.weight_decay)
     if o.schedule == "onecycle":
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=total_steps, pct_start=max(o.warmup_fraction, 1e-3))
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=max(o.warmup_fraction, 1e-3))
     else:
         warmup = int(o.warmup_fraction * total_steps)
 

@@ -46,6 +46,7 @@ class RunResult:
     trainable: int
     final: dict[str, float] = field(default_factory=dict)  # the last test evaluation
     final_train: dict[str, float] = field(default_factory=dict)  # the final model on the training split
+    final_validation: dict[str, float] = field(default_factory=dict)  # ... on the validation split (data.validation_size)
     best: dict[str, float] = field(default_factory=dict)  # {primary metric: value, "step": when}
     wall_seconds: float = 0.0
     interrupted: bool = False  # stopped before the last step, with a checkpoint to resume from
@@ -92,7 +93,7 @@ def train(
     progress = progress_bar(console, recipe.output.progress and world.is_main)
     bar = progress.add_task(recipe.name, total=run.total_steps, completed=step, loss=float("nan"), metric="", rate=0.0)
     stop, throughput = StopFlag(console), Throughput()
-    steps_this_run, interrupted, signalled, last_eval, final_train = 0, False, False, {}, {}
+    steps_this_run, interrupted, signalled, last_eval, final_train, final_validation = 0, False, False, {}, {}, {}
     try:
         with progress, stop:
             for epoch, batch, micro_batches in batches(run, step):
@@ -113,6 +114,9 @@ def train(
                 if step == run.total_steps:  # the train split too, once: the train-test gap of the final model
                     final_train = evaluate(run.model, run.data.train, recipe, run.data.num_classes, run.device, world)
                     log.write(step, {"split": "train-eval", **final_train})
+                    if run.data.validation is not None:
+                        final_validation = evaluate(run.model, run.data.validation, recipe, run.data.num_classes, run.device, world)
+                        log.write(step, {"split": "validation", **final_validation})
                 if due(step, every_checkpoint, run.total_steps):
                     save(run, run_dir, step, best, mapping_id)
                 progress.update(bar, completed=step, description=f"{recipe.name} epoch {epoch + 1}/{epochs}")
@@ -131,7 +135,7 @@ def train(
     result = RunResult(
         run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=run.total_steps,
         target_params=run.model.num_target_params(), trainable=sum(p.numel() for p in run.params), final=last_eval,
-        final_train=final_train, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted, signalled=signalled,
+        final_train=final_train, final_validation=final_validation, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted, signalled=signalled,
     )
     if world.is_main:
         result.save()
