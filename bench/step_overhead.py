@@ -51,14 +51,15 @@ def operator_bytes(model) -> int:
     return held_bytes(operators, [t for op in operators for t in [*op.buffers(), *op.parameters()]])
 
 
-def run_case(target_name: str, operator: str, steps: int, resnet_batch: int, resnet_size: int) -> dict:
+def run_case(target_name: str, operator: str, steps: int, resnet_batch: int, resnet_size: int, device: str = "cpu") -> dict:
     (name, args), grouping, budget = TARGETS[target_name]
     base = rss_mib()
     torch.manual_seed(0)
     model = build_target(name, args)
     start = time.perf_counter()
     if operator != "plain":
-        model = mapscale.map_model(model, grouping, budget, seed=0, operator=operator, offset="init")
+        model = mapscale.map_model(model, grouping, budget, seed=0, operator=operator, offset="init", device=device)
+    model = model.to(device)
     build_s = time.perf_counter() - start
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3 if operator == "plain" else 1e-2)
@@ -68,19 +69,34 @@ def run_case(target_name: str, operator: str, steps: int, resnet_batch: int, res
         y = torch.randint(0, 2, (resnet_batch,), generator=generator)
     else:
         x, y = torch.randn(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    x, y = x.to(device), y.to(device)
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for step in range(steps + 2):
+        if gpu:
+            torch.cuda.synchronize()
         begin = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if gpu:
+            torch.cuda.synchronize()
         if step >= 2:
             times.append(time.perf_counter() - begin)
     held = operator_bytes(model) / MIB if operator != "plain" else 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    # peak above the start: RSS on the CPU, allocated memory on a GPU
+    peak = torch.cuda.max_memory_allocated() / MIB if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"target": target_name, "operator": operator, "step_s": statistics.median(times), "peak_mib": peak, "mapping_mib": held,
             "trainable": sum(p.numel() for p in params), "build_s": build_s, "loss": loss.item()}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{torch.get_num_threads()} CPU threads"
 
 
 def table(results: list[dict], batch_note: dict[str, str]) -> str:
@@ -105,11 +121,12 @@ def main() -> None:
     parser.add_argument("--resnet-batch", type=int, default=16)
     parser.add_argument("--resnet-size", type=int, default=112)
     parser.add_argument("--skip", nargs="*", default=["resnet50:seeded"], help="target:operator cases left out (seeded ResNet50 draws 1.7e9 integers per pass)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU peak memory: torch.cuda.max_memory_allocated)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--case", nargs=2, metavar=("TARGET", "OPERATOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case[0], args.case[1], args.steps, args.resnet_batch, args.resnet_size)))
+        print(json.dumps(run_case(args.case[0], args.case[1], args.steps, args.resnet_batch, args.resnet_size, args.device)))
         return
     batch_note = {"resnet50": f"{args.resnet_batch} x 3 x {args.resnet_size}²", "cnn2": "64 x 1 x 28²"}
     results = []
@@ -119,7 +136,7 @@ def main() -> None:
                 continue
             done = subprocess.run(
                 [sys.executable, __file__, "--case", target, operator, "--steps", str(args.steps),
-                 "--resnet-batch", str(args.resnet_batch), "--resnet-size", str(args.resnet_size)],
+                 "--resnet-batch", str(args.resnet_batch), "--resnet-size", str(args.resnet_size), "--device", args.device],
                 capture_output=True, text=True, check=False,
             )
             if done.returncode:
@@ -131,7 +148,7 @@ def main() -> None:
     print(text)
     if args.out is not None:
         header = (
-            f"# Mapped vs plain training step\n\n`python bench/step_overhead.py {' '.join(sys.argv[1:])}` on {torch.get_num_threads()} CPU threads, "
+            f"# Mapped vs plain training step\n\n`python bench/step_overhead.py {' '.join(sys.argv[1:])}` on {device_name(args.device)}, "
             f"torch {torch.__version__}; median of {args.steps} steps after 2 warm-up steps, each case in its own process.\n\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
