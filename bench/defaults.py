@@ -246,6 +246,36 @@ def ablation(lr: float, done: dict, log: Path, args) -> list[str]:
     return [*lines, ""]
 
 
+def plot(all_cases: list[dict], done: dict, args, path: Path) -> None:
+    """Validation score against the learning rate, seed 0: one panel per target, one line per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in ("cnn2", "resnet18", "gpt") if t in args.targets]
+    figure, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.2), squeeze=False)
+    colours = {"mapping": "tab:blue", "subspace": "tab:orange", "rpg": "tab:green"}
+    for axis, target in zip(axes[0], targets):
+        for c in (c for c in all_cases if c["target"] == target and c["method"] != "full"):
+            values = [done[key(c, lr, 0)]["validation"] for lr in args.lrs]
+            values = [(100 * v if target != "gpt" else v) if v is not None and math.isfinite(v) else math.nan for v in values]
+            axis.plot(args.lrs, values, color=colours[family(c["method"])], alpha=0.45, linewidth=1, marker=".")
+        axis.set_xscale("log")
+        axis.set_xlabel("relative learning rate")
+        axis.set_ylabel("validation perplexity (log)" if target == "gpt" else "validation accuracy (%)")
+        if target == "gpt":
+            axis.set_yscale("log")
+        else:
+            axis.set_ylim(40 if target == "resnet18" else 60, 100)
+        axis.set_title({"cnn2": "CNN2, SLVT and LWT, budgets 512-4,096", "resnet18": "resnet18, LWT 2,048", "gpt": "GPT 4 x 256, LWT 4,096"}[target])
+    for fam, colour in colours.items():
+        axes[0][0].plot([], [], color=colour, label=fam if fam != "mapping" else "mapping (every operator)")
+    axes[0][0].legend(loc="lower center")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def fmt(values: list[float], scale: float) -> str:
     values = [v * scale for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -345,6 +375,9 @@ def main() -> None:
                   "CNN2 at SLVT 2,048, resnet18 at LWT 2,048, GPT at LWT 4,096.", ""]
     if args.ablation and "cnn2" in args.targets:
         lines += ablation(defaults["mapping"], done, log, args)
+    picture = Path(args.out).with_suffix(".png")
+    plot(all_cases, done, args, picture)
+    lines += [f"![validation against learning rate]({picture.name})", ""]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
