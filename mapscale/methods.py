@@ -108,20 +108,22 @@ class MappingMethod(_Generated):
     trained latents, generate the target's parameters (DESIGN.md section 1)."""
 
     method: Literal["mapping"] = "mapping"
-    operator: str = "dense"
-    """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``dense`` (the stored matrix, the paper's),
-    ``seeded`` (the same matrix redrawn from the seed on every step, never stored: memory ``latent_dim²`` per group,
-    time bound by random-number generation) or ``structured`` (a randomized Hadamard transform, ``O(P log d)``
-    time and 3 bits per parameter: for targets whose dense mapping does not fit) or ``sparse`` (one hashed
-    ``±1/sqrt(n)`` non-zero per column, rows with disjoint supports: ``O(P)`` time, nothing stored per parameter)."""
+    default_lr: ClassVar[float] = 0.3
+    operator: str = "sparse"
+    """Fixed mapping operator (``mapscale.mapping.OPERATORS``): ``sparse`` (the default: one ``±1/sqrt(n)``
+    non-zero per column, rows with disjoint supports: ``O(P)`` time, nothing stored per parameter), ``dense`` (the
+    stored matrix, the paper's), ``seeded`` (the same matrix redrawn from the seed on every step, never stored:
+    memory ``latent_dim²`` per group, time bound by random-number generation) or ``structured`` (a randomized
+    Hadamard transform, ``O(P log d)`` time and 3 bits per parameter). OPERATOR_FIGURES"""
     modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
     """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
     modulation_scale: float = Field(0.1, gt=0)
     """The modulation scale alpha."""
     activation: Literal["identity", "tanh"] = "identity"
     """Activation of eq. 21."""
-    offset: Literal["mean", "init"] = "mean"
-    """``mean``: generated tensors start with the target's init statistics; ``init``: start at its init weights."""
+    offset: Literal["mean", "init"] = "init"
+    """``init`` (the default): start at the target's init weights; ``mean``: generated tensors start with the
+    target's init statistics. OFFSET_FIGURES"""
     variant: Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"] = "mapping"
     """The paper's Table 7 variant (what trains)."""
     latent_init_std: float | None = Field(None, ge=0)
@@ -171,7 +173,8 @@ class SubspaceMethod(_Generated):
     operator keyed like the mapping's (orthonormal columns), ``z`` from 0 (``mapscale.mapping.peers``)."""
 
     method: Literal["subspace"] = "subspace"
-    operator: str = "dense"
+    default_lr: ClassVar[float] = 0.3
+    operator: str = "sparse"
     """The projection's operator (``dense``, ``seeded``, ``structured``, ``sparse``), as the mapping's ``operator``."""
     latent_init_std: float = Field(0.0, ge=0)
     """Std of the seeded init of ``z``; 0: start exactly at the target's init ``theta0``."""
@@ -190,6 +193,7 @@ class RpgMethod(_Generated):
     trainable ring of ``budget`` entries (``mapscale.mapping.peers``); the ring starts ``N(0, 1)``."""
 
     method: Literal["rpg"] = "rpg"
+    default_lr: ClassVar[float] = 0.1
     constant_init_std: float = Field(0.02, gt=0)
     """Spread given to tensors whose default init is a constant (norm weights, zero biases)."""
 
@@ -261,7 +265,7 @@ class FullMethod(MethodSection):
     every tensor but the head's ``frozen``."""
 
     method: Literal["full"] = "full"
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 3e-3
     frozen: list[str] = Field(default_factory=list)
     """Selectors of tensors kept fixed at their initial (or pretrained) values."""
 

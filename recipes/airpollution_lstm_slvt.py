@@ -16,6 +16,6 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 class AirPollutionLstmSlvt(Recipe):
     task = "regression"
     target = TargetSection(name="paper_lstm", args={"inputs": 67})
-    mapping = MappingMethod(grouping="slvt", budget=512, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=512)
     data = DataSection(name="timeseries", path=None, target_column="pollution", window=24, horizon=1, standardise_target=True)
-    optim = OptimSection(lr=2e-2, epochs=30, batch_size=64)
+    optim = OptimSection(epochs=30, batch_size=64)

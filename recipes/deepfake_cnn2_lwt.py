@@ -12,6 +12,6 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 
 class DeepfakeCNN2Lwt(Recipe):
     target = TargetSection(name="cnn2", args={"in_channels": 3, "classes": 2})
-    mapping = MappingMethod(grouping="lwt", budget=2688, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=2688)
     data = DataSection(name="imagefolder", path=None, image_size=28, channels=3, test_size=0.2)
-    optim = OptimSection(lr=5e-2, epochs=10, batch_size=64)
+    optim = OptimSection(epochs=10, batch_size=64)

@@ -15,6 +15,6 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 
 class FmnistCNN1Lwt(Recipe):
     target = TargetSection(name="cnn1")
-    mapping = MappingMethod(grouping="lwt", budget=4078, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=4078)
     data = DataSection(name="zalando-datasets/fashion_mnist", channels=1, mean=[0.2860], std=[0.3530])
-    optim = OptimSection(lr=5e-2, epochs=20, batch_size=128)
+    optim = OptimSection(epochs=20, batch_size=128)

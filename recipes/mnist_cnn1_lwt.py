@@ -12,6 +12,6 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 
 class MnistCNN1Lwt(Recipe):
     target = TargetSection(name="cnn1")
-    mapping = MappingMethod(grouping="lwt", budget=4078, offset="init")
+    mapping = MappingMethod(grouping="lwt", budget=4078)
     data = DataSection(name="shipped_mnist", test_size=1000)
-    optim = OptimSection(lr=5e-2, epochs=8, batch_size=64)
+    optim = OptimSection(epochs=8, batch_size=64)

@@ -14,6 +14,6 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 
 class MnistCNN2(Recipe):
     target = TargetSection(name="cnn2")
-    mapping = MappingMethod(grouping="slvt", budget=2048, offset="init")
+    mapping = MappingMethod(grouping="slvt", budget=2048)
     data = DataSection(name="shipped_mnist", test_size=1000)
-    optim = OptimSection(lr=5e-2, epochs=8, batch_size=64)
+    optim = OptimSection(epochs=8, batch_size=64)

@@ -109,20 +109,23 @@ def test_inspect_and_dry_run_show_the_layout(tiny):
     assert shown.exit_code == 0, shown.output
     assert "23,512,130" in shown.output  # resnet50 with a 2-class head: 25,557,032 - 2,049,000 + 4,098
     assert "world size 8" in shown.output and "trainable parameters" in shown.output
-    # The plan: one row per stage unit; each rank's fixed state from its generator, built on meta: the heaviest
-    # rank's 0.879 GiB is what ShardPlan's row count gave before (the dense mapping rows it owns).
+    # The plan: one row per stage unit; each rank's fixed state from its generator, built on meta. Under the
+    # default sparse operator it is the rank's share of theta_0 (23.5M x 4 B / 8); under the dense operator the
+    # heaviest rank's 0.879 GiB is what ShardPlan's row count gave before (the dense mapping rows it owns).
     assert "sharding plan over 8 ranks" in shown.output and "layer4" in shown.output
-    assert "fixed state on the heaviest rank, world size 8 │ 0.879 GiB" in shown.output
+    assert "fixed state on the heaviest rank, world size 8 │ 0.011 GiB" in shown.output
+    dense = invoke("inspect", ROOT / "recipes" / "resnet50_deepfake.py", "mapping.operator=dense", "mapping.offset=mean", "--world-size", "8")
+    assert "fixed state on the heaviest rank, world size 8 │ 0.879 GiB" in dense.output
     dry = invoke("train", tiny, "--dry-run")
     assert dry.exit_code == 0 and "groups" in dry.output
     # Invariant 2: the printed trainable count is what the optimiser updates (+2 learned loss weights here).
     assert "trainable parameters │ 64 │" in dry.output
-    with_loss = invoke("inspect", tiny, "loss.stability=0.5", "loss.alignment=0.5")
+    with_loss = invoke("inspect", tiny, "mapping.offset=mean", "loss.stability=0.5", "loss.alignment=0.5")
     assert "trainable parameters │ 66 │" in with_loss.output
     from mapscale.recipe import load_recipe
     from mapscale.train import build_loss, build_model, build_optimizer, trainable_parameters
 
-    recipe = load_recipe(tiny, ["loss.stability=0.5", "loss.alignment=0.5"])
+    recipe = load_recipe(tiny, ["mapping.offset=mean", "loss.stability=0.5", "loss.alignment=0.5"])
     optimizer, _ = build_optimizer(recipe, trainable_parameters(build_model(recipe), build_loss(recipe)), 10)
     assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == 66
 

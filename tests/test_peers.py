@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mapscale.mapping.adapters import adapter_model, matching_rank
+from mapscale.mapping.operators import SparseOperator
 from mapscale.mapping.peers import ring_assignment
 from mapscale.recipe import FullMethod, LoraMethod, Recipe, RecipeError, RpgMethod, SubspaceMethod, TargetSection, VeraMethod, apply_overrides, load_recipe
 from mapscale.targets import cnn2
@@ -34,8 +35,10 @@ def test_peers_train_only_their_budget_and_generate_the_target_shapes(generator,
     assert len(trainable) == (1 if grouping == "slvt" else 4)  # CNN2 has 4 modules owning weights
     generated = model.generated_tensors()
     assert {n: tuple(t.shape) for n, t in generated.items()} == CNN2_SHAPES
-    # subspace: the dense projection and theta0 (fp32); rpg: int64 ring positions, fp32 scales and shifts
-    per_weight = {"subspace": lambda g: 4 * g.latent_dim * g.numel + 4 * g.numel, "rpg": lambda g: 16 * g.numel}[generator]
+    # subspace: the sparse projection's O(d + 512) tables and theta0 (fp32); rpg: int64 ring positions, fp32 scales
+    # and shifts
+    sparse = lambda g: SparseOperator.storage_bytes(g.latent_dim, g.numel) + 4 * g.numel  # noqa: E731
+    per_weight = {"subspace": sparse, "rpg": lambda g: 16 * g.numel}[generator]
     assert model.fixed_bytes() == sum(per_weight(g) for g in model.layout.groups)
     assert build_model(_peer(generator, grouping, 1024), "meta").fixed_bytes() == model.fixed_bytes()  # what `mapscale inspect` reports
     model(X).sum().backward()
@@ -43,7 +46,7 @@ def test_peers_train_only_their_budget_and_generate_the_target_shapes(generator,
 
 
 def test_subspace_starts_at_theta0_and_moves_by_exactly_the_latent_norm():
-    recipe = _peer("subspace", budget=512)
+    recipe = _peer("subspace", budget=512, scale="none", operator="dense")  # Li et al.'s form
     model = build_model(recipe)
     torch.manual_seed(recipe.seed)
     theta0 = cnn2().state_dict()  # the target's seeded default init, as build_model draws it
