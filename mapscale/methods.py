@@ -114,7 +114,9 @@ class MappingMethod(_Generated):
     non-zero per column, rows with disjoint supports: ``O(P)`` time, nothing stored per parameter), ``dense`` (the
     stored matrix, the paper's), ``seeded`` (the same matrix redrawn from the seed on every step, never stored:
     memory ``latent_dim²`` per group, time bound by random-number generation) or ``structured`` (a randomized
-    Hadamard transform, ``O(P log d)`` time and 3 bits per parameter). OPERATOR_FIGURES"""
+    Hadamard transform, ``O(P log d)`` time and 3 bits per parameter). Measured (``bench/results/defaults.md``):
+    at equal accuracy on CNN2 (SLVT 2,048, 3 seeds: sparse 95.40%, dense 94.97%, structured 94.93% test), a step
+    costs 1.22x a full-training step with sparse, 1.50x structured, 9.8x dense (resnet18 LWT: 1.26x, 3.74x)."""
     modulation: Literal["multiplicative", "additive", "none"] = "multiplicative"
     """The paper's eq. 20: ``multiplicative`` (default, measured best), ``additive`` (as printed), ``none``."""
     modulation_scale: float = Field(0.1, gt=0)
@@ -123,7 +125,9 @@ class MappingMethod(_Generated):
     """Activation of eq. 21."""
     offset: Literal["mean", "init"] = "init"
     """``init`` (the default): start at the target's init weights; ``mean``: generated tensors start with the
-    target's init statistics. OFFSET_FIGURES"""
+    target's init statistics. Equal within a std on CNN2 2,048 (validation, 3 seeds: SLVT 94.40 ± 0.43% init,
+    94.60 ± 0.49% mean; LWT 93.60 ± 0.57%, 93.73 ± 0.38%); ``mean`` stores no ``theta_0`` (fixed state: nothing
+    per parameter under the sparse operator), ``init`` starts at the target's own weights."""
     variant: Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"] = "mapping"
     """The paper's Table 7 variant (what trains)."""
     latent_init_std: float | None = Field(None, ge=0)
