@@ -169,6 +169,23 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     return _build_from_hf(splits, section, task, source)
 
 
+def shifted_images(images: Tensor, indices: Tensor, max_shift: int, key: int) -> Tensor:
+    """``images`` (``(N, C, H, W)``) each moved by up to ``max_shift`` pixels in each direction, with zero fill
+    (``torchvision.transforms.v2`` pad, then crop back to ``H x W``); example ``i``'s shift is a hash of
+    (``key``, ``indices[i]``), the same on any rank and device."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if images.dim() != 4:
+        raise DataError(f"data.augment_shift moves images; these inputs have shape {tuple(images.shape[1:])}")
+    span = 2 * max_shift + 1
+    mixed = (indices.to(torch.int64) * 0x9E3779B1 + (key & 0x7FFFFFFF)) & 0x7FFFFFFF  # below 2**62 before the mask
+    mixed = ((mixed ^ (mixed >> 15)) * 0x2C1B3C6D) & 0x7FFFFFFF
+    tops, lefts = (mixed % span).tolist(), ((mixed >> 12) % span).tolist()
+    padded = TF.pad(images, [max_shift] * 4)
+    height, width = images.shape[-2:]
+    return torch.stack([TF.crop(image, top, left, height, width) for image, top, left in zip(padded, tops, lefts)])
+
+
 def _hold_out_validation(splits: DataSplits, validation_size: float, seed: int) -> DataSplits:
     """``data.validation_size``: a seeded random share of the training split becomes the validation split."""
     n = len(splits.train)

@@ -3,6 +3,7 @@ tmp_path; nothing is downloaded."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -506,3 +507,43 @@ def test_validation_split_is_carved_from_training_and_reported(tmp_path):
     result = train(recipe, tmp_path)
     assert set(result.final_validation) == set(result.final) and 0 <= result.final_validation["accuracy"] <= 1
     assert result.final_validation != result.final
+
+
+def test_shifted_images_move_each_example_by_its_own_keyed_shift_with_zero_fill():
+    from mapscale.data import shifted_images
+
+    images = torch.arange(1, 1 + 40 * 36, dtype=torch.float32).view(40, 1, 6, 6)
+    indices = torch.arange(100, 140)
+    moved = shifted_images(images, indices, 2, key=7)
+    assert torch.equal(moved, shifted_images(images, indices, 2, key=7))  # a pure function of (key, index)
+    assert not torch.equal(moved, shifted_images(images, indices, 2, key=8))
+    shifts = set()
+    for image, out in zip(images[:, 0], moved[:, 0]):
+        # the one shift (dy, dx) in [-2, 2]² that maps this image onto its output, zeros where it moved in
+        found = [
+            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+            if torch.equal(out, torch.nn.functional.pad(image, [2, 2, 2, 2])[2 - dy : 8 - dy, 2 - dx : 8 - dx])
+        ]
+        assert len(found) == 1
+        shifts.add(found[0])
+    assert len(shifts) >= 10  # 40 examples spread over the 25 shifts
+    with pytest.raises(DataError, match="moves images"):
+        shifted_images(torch.zeros(4, 10), torch.arange(4), 2, key=0)
+
+
+def test_augment_shift_trains_and_refuses_non_images(tmp_path):
+    from mapscale.distributed.world import World
+    from mapscale.recipe import load_recipe
+    from mapscale.train import prepare, train, write_run_files
+
+    overrides = ["data.augment_shift=2", "optim.max_steps=12", "data.max_examples=768", "output.log_every=1", "output.progress=false"]
+    recipe = load_recipe("recipes/mnist_cnn2.py", overrides)
+    write_run_files(tmp_path, recipe, None, overrides)
+    train(recipe, tmp_path)
+    losses = [r["task"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    text = tmp_path / "text.txt"
+    text.write_text("mapscale " * 2000)
+    gpt = load_recipe("recipes/gpt2_small_lwt.py", [f"data.path={text}", "data.augment_shift=2", 'target.args={"vocab": 256, "positions": 32, "width": 16, "layers": 1, "heads": 2}', "data.window=32"])
+    with pytest.raises(DataError, match="moves images"):
+        prepare(gpt, World(), "cpu")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from mapscale.data import DataSplits, build_datasets
+from mapscale.data import DataError, DataSplits, build_datasets
 from mapscale.distributed.plan import ShardPlan
 from mapscale.distributed.sharded import part_of, shard
 from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
@@ -185,6 +185,8 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     accumulation = recipe.optim.accumulation_steps
     pieces = world.size * accumulation
     data = build_datasets(recipe.data, recipe.task)
+    if recipe.data.augment_shift and len(data.input_shape) != 3:
+        raise DataError(f"data.augment_shift moves images; the inputs of data.name={recipe.data.name!r} have shape {data.input_shape}")
     model = build_model(recipe, device, world)
     if warm_start and recipe.mapping.warm_start() is not None:
         start_latents(model, recipe.mapping.warm_start(), fingerprint(model, recipe))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from mapscale.data import shifted_images
 from mapscale.distributed.world import World
 from mapscale.loss import LossOutput, MappingLoss
 from mapscale.mapping.mapped import MappedModel, capture_rng
@@ -152,6 +153,9 @@ def batches(run: Prepared, step: int):
         chosen = epoch_batches(len(run.data.train), recipe.optim.batch_size, recipe.seed, epoch)[position : run.batches_per_epoch]
         micro = [torch.tensor_split(torch.tensor(b), run.pieces)[world.rank * accumulation : (world.rank + 1) * accumulation] for b in chosen]
         loader = iter(torch.utils.data.DataLoader(run.data.train, batch_sampler=[m.tolist() for per in micro for m in per]))
+        if recipe.data.augment_shift:
+            key, indices = recipe.seed * 1_000_003 + epoch, (m for per in micro for m in per)
+            loader = ((shifted_images(x, next(indices), recipe.data.augment_shift, key), y) for x, y in loader)
         for batch in chosen[: run.total_steps - step]:
             yield epoch, batch, itertools.islice(loader, accumulation)
         step += len(chosen)
