@@ -53,7 +53,7 @@ def recipe_for(name: str, args, runs: Path) -> Recipe:
     """The arm's recipe: the same mapped target, data and optimiser for every arm; only the loss differs."""
     return Recipe(
         name=name, seed=args.seed, target=TargetSection(name="small_mnist_cnn"),
-        mapping=MappingMethod(grouping=args.grouping, budget=args.budget, seed=args.seed),
+        mapping=MappingMethod(grouping=args.grouping, budget=args.budget, seed=args.seed, offset="mean"),  # alignment needs a non-zero start
         loss=LossSection(**ARMS[name], time_terms=True),
         data=DataSection(name="shipped_mnist", test_size=1000, split_seed=0),
         optim=OptimSection(optimizer="adam", lr=args.lr, schedule="onecycle", warmup_fraction=0.15, epochs=args.epochs,

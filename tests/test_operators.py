@@ -205,3 +205,11 @@ def test_sparse_holds_nothing_per_parameter():
     assert held[1] / DenseOperator.storage_bytes(64, 1_000_000) < 1e-4  # 2,816 B against 256,000,000 B
     assert SparseOperator.storage_bytes(2048, 108_618) / DenseOperator.storage_bytes(2048, 108_618) < 0.01
     assert large(torch.randn(64)).shape == (1_000_000,)
+
+@pytest.mark.parametrize("name", ["dense", "seeded", "structured", "sparse"])
+def test_operators_keep_nn_module_apply(name):
+    """``nn.Module.apply(fn)`` (DeepSpeed's initialize calls it on the model) reaches every operator unshadowed."""
+    op = OPERATORS[name](4, 600, KEY)
+    seen = []
+    torch.nn.Sequential(op).apply(lambda module: seen.append(type(module).__name__))
+    assert type(op).__name__ in seen

@@ -174,7 +174,7 @@ class MappingGenerator(nn.Module):
         transforms = group_transforms(layout, config.seed, self.pieces, part, device) if not part.whole and operator_cls.uses_transform else {}
 
         self.operators = nn.ModuleList()
-        shared: dict[int, Tensor] = {}
+        shared: dict[tuple[int, str], Tensor] = {}
         self.latents = nn.ParameterList()
         self.modulators = nn.ParameterList()
         for k, (index, start, stop) in enumerate(self.pieces):
@@ -191,10 +191,10 @@ class MappingGenerator(nn.Module):
                     transform=transforms.get(index),
                 )
             )
-            # Pieces of one group share the orthonormalizer an operator keeps (seeded): one copy per group.
-            kept = self.operators[-1].shared_transform()
-            if kept is not None:
-                self.operators[-1].transform = shared.setdefault(index, kept)
+            # Pieces of one group share what depends on the group alone (the seeded orthonormalizer, the sparse
+            # tables): one copy per group.
+            for name, kept in self.operators[-1].shared_state().items():
+                setattr(self.operators[-1], name, shared.setdefault((index, name), kept))
             if config.offset == "init":
                 base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
                 self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,), not a view of the group
@@ -296,15 +296,15 @@ class MappingGenerator(nn.Module):
     def generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
         """``(stop - start,)``: the generated parameters of piece ``k``."""
         held, _ = self._segments(k)
-        if self.config.activation == "identity" and len(held) == 1:
-            # One tensor, no activation: its scale moves before the (linear) operator, onto latent_dim values.
+        if self.config.activation == "identity" and self.config.modulation != "additive" and len(held) == 1:
+            # One tensor, no activation, no shift: its scale moves before the (linear) operator, onto latent_dim
+            # values. (Additive modulation's shift is cancelled by the tensor's offset: kept in the order below.)
             affine = getattr(self, f"affine_{self.pieces[k][0]}")[:, held[0]]
-            scale = affine[0] * affine[2]
-            coefficients, shift = self.coefficients(self.pieces[k][0], latent)
-            out = self.operators[k](coefficients * scale)
+            coefficients, _ = self.coefficients(self.pieces[k][0], latent)
+            out = self.operators[k](coefficients * (affine[0] * affine[2]))
             if self.config.offset == "init":
-                return out + getattr(self, f"base_{k}") if shift is None else out + (shift * scale + getattr(self, f"base_{k}"))
-            return out + ((0 if shift is None else shift * scale) + affine[1] * affine[2] + affine[3])
+                return out + getattr(self, f"base_{k}")
+            return out + (affine[1] * affine[2] + affine[3])
         return self.postprocess_piece(k, self.raw_piece(k, latent))
 
     def generate(self, start: int, stop: int, latents=None) -> Tensor:

@@ -61,8 +61,9 @@ class MappingOperator(Protocol):
         """``W @ w`` and ``(W∘W) @ w`` (``(d,)`` each) for ``(P,)`` column weights, or None where not cheap."""
         ...
 
-    def shared_transform(self) -> Tensor | None:
-        """The group's orthonormalizer ``T`` when the operator keeps it (pieces of one group share one copy)."""
+    def shared_state(self) -> dict[str, Tensor]:
+        """Fixed tensors that depend on the group alone (the seeded operator's orthonormalizer ``T``, the sparse
+        operator's tables), by attribute name: the pieces of one group share one copy of each."""
         ...
 
 
@@ -197,8 +198,8 @@ class _Operator(nn.Module):
     def weighted_row_sums(self, column_weights: Tensor) -> tuple[Tensor, Tensor] | None:
         return None
 
-    def shared_transform(self) -> Tensor | None:
-        return None
+    def shared_state(self) -> dict[str, Tensor]:
+        return {}
 
     def _describe(self) -> str:
         shard = "" if self.columns == (0, self.num_outputs) else f", columns={self.columns}"
@@ -301,13 +302,13 @@ def _not_trainable(name: str, trainable: bool) -> None:
 
 
 class _Linear(torch.autograd.Function):
-    """``op.apply(x)`` for a fixed linear ``op`` with its transpose: backward is ``op.apply_transpose``, the JVP
-    (``torch.func.jvp``, the Mapping Loss's Hutchinson estimate) is ``op.apply`` again. Nothing is saved."""
+    """``op.multiply(x)`` for a fixed linear ``op`` with its transpose: backward is ``op.multiply_transpose``, the JVP
+    (``torch.func.jvp``, the Mapping Loss's Hutchinson estimate) is ``op.multiply`` again (not ``apply``: that name is ``nn.Module.apply``, which DeepSpeed calls on the model). Nothing is saved."""
 
     @staticmethod
     def forward(x: Tensor, op) -> Tensor:
         with torch.no_grad():
-            return op.apply(x)
+            return op.multiply(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -315,11 +316,11 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return ctx.op.apply_transpose(grad), None
+        return ctx.op.multiply_transpose(grad), None
 
     @staticmethod
     def jvp(ctx, tangent: Tensor, _op):
-        return ctx.op.apply(tangent)
+        return ctx.op.multiply(tangent)
 
 
 class SeededOperator(_Operator):
@@ -359,8 +360,8 @@ class SeededOperator(_Operator):
     def storage_bytes(latent_dim: int, num_outputs: int, dtype: torch.dtype = torch.float32, columns: int | None = None) -> int:
         return latent_dim * latent_dim * (8 if dtype == torch.float64 else 4)  # T, whatever the columns held
 
-    def shared_transform(self) -> Tensor:
-        return self.transform
+    def shared_state(self) -> dict[str, Tensor]:
+        return {"transform": self.transform}
 
     def _blocks(self):
         """``(block, first, last, lo)``: each raw block touching the held columns and the columns it gives."""
@@ -373,7 +374,7 @@ class SeededOperator(_Operator):
         raw = raw_block(self.key, self.latent_dim, self.num_outputs, block)[:, first - lo : last - lo]
         return raw.to(device=like.device, dtype=like.dtype)
 
-    def apply(self, projected: Tensor) -> Tensor:
+    def multiply(self, projected: Tensor) -> Tensor:
         """``Gᵀ x`` over the held columns, a block at a time. Each column's dot product is taken in float64 (its
         products are exact there) and rounded once: a float32 product's rounding depends on how many columns the
         BLAS kernel is given (measured: 13 of 4,095 columns differed by an ulp between a 4,095- and a 4,096-column
@@ -385,7 +386,7 @@ class SeededOperator(_Operator):
             out[first - start : last - start] = (wide @ self._raw(block, first, last, lo, wide)).to(out.dtype)
         return out
 
-    def apply_transpose(self, grad: Tensor) -> Tensor:
+    def multiply_transpose(self, grad: Tensor) -> Tensor:
         """``G g`` over the held columns."""
         start, _ = self.columns
         total = grad.new_zeros(self.latent_dim)
@@ -525,7 +526,7 @@ class StructuredOperator(_Operator):
         offset = start - self.first_block * self.block
         return offset, offset + stop - start
 
-    def apply(self, coefficients: Tensor) -> Tensor:
+    def multiply(self, coefficients: Tensor) -> Tensor:
         """``Wᵀ c``: scatter ``c`` onto the chosen rows of every block, then ``M_jᵀ = D1 H D2 H D3 H``."""
         signs = self._signs(coefficients.dtype)
         x = coefficients.new_zeros(signs.shape[1], self.block)
@@ -536,7 +537,7 @@ class StructuredOperator(_Operator):
         lo, hi = self._held()
         return x.reshape(-1)[lo:hi] * self.scale
 
-    def apply_transpose(self, grad: Tensor) -> Tensor:
+    def multiply_transpose(self, grad: Tensor) -> Tensor:
         """``W g``: ``M_j = H D3 H D2 H D1`` on each block of ``g`` (zero past the columns), rows summed over blocks."""
         signs = self._signs(grad.dtype)
         lo, hi = self._held()
@@ -558,7 +559,7 @@ class StructuredOperator(_Operator):
             start, stop = self.columns
             with torch.no_grad():
                 ones = torch.ones(stop - start, dtype=self.compute_dtype, device=self.rows.device)
-                cache["row_means"] = (self.apply_transpose(ones) / max(stop - start, 1)).float()
+                cache["row_means"] = (self.multiply_transpose(ones) / max(stop - start, 1)).float()
         return cache["row_means"]
 
     def extra_repr(self) -> str:
@@ -642,6 +643,9 @@ class SparseOperator(_Operator):
         for name, table in (("perm", perm), ("sign", sign.to(self.compute_dtype)), ("row_scale", row_scale.to(self.compute_dtype))):
             self.register_buffer(name, table.to(device), persistent=False)
 
+    def shared_state(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in ("perm", "sign", "row_scale")}  # functions of the group alone
+
     @classmethod
     def block_length(cls, latent_dim: int) -> int:
         return latent_dim * -(-cls.MIN_BLOCK // latent_dim)
@@ -664,7 +668,7 @@ class SparseOperator(_Operator):
         blocks = torch.arange(first, last + 1, dtype=torch.int64, device=device)
         return self._shifts(blocks), self._flips(blocks), start - first * self.block
 
-    def apply(self, coefficients: Tensor) -> Tensor:
+    def multiply(self, coefficients: Tensor) -> Tensor:
         """``(Wᵀ c)[start:stop]``."""
         start, stop = self.columns
         shifts, flips, offset = self._blocks(coefficients.device)
@@ -672,7 +676,7 @@ class SparseOperator(_Operator):
         out = _rolled_rows(values, shifts, flips, self.block) * self.sign  # (nb, L)
         return out.reshape(-1)[offset : offset + stop - start]
 
-    def apply_transpose(self, grad: Tensor) -> Tensor:
+    def multiply_transpose(self, grad: Tensor) -> Tensor:
         """``W g`` for ``g`` over the held columns."""
         start, stop = self.columns
         shifts, flips, offset = self._blocks(grad.device)

@@ -125,11 +125,14 @@ class SubspaceGenerator(_Peer):
         device = torch.device(device or "cpu")
         transforms = group_transforms(layout, seed, self.pieces, part, device) if not part.whole and OPERATORS[operator].uses_transform else {}
         self.operators = nn.ModuleList()
+        shared: dict[tuple[int, str], Tensor] = {}
         for k, (index, start, stop) in enumerate(self.pieces):
             group = layout.groups[index]
             key = mapping_key(seed, group.name)  # the key mapscale's generator gives this group's W
             columns = None if part.whole else (start, stop)
             self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device, columns=columns, transform=transforms.get(index)))
+            for name, kept in self.operators[-1].shared_state().items():  # one copy per group, as the mapping's
+                setattr(self.operators[-1], name, shared.setdefault((index, name), kept))
             theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
             self.register_buffer(f"theta0_{k}", theta0.to(device), persistent=False)  # (stop - start,), not a view of the group
         relative = scale == "relative" and device.type != "meta"  # on meta (inspect) only shapes exist
