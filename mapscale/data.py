@@ -219,9 +219,7 @@ def _keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSpli
             labels = [int(dataset[i][1]) for i in range(len(dataset))]
         labels = torch.as_tensor(labels)  # (N,)
         kept = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()  # (kept,)
-        if isinstance(dataset, TensorDataset):
-            return TensorDataset(*(t[kept] for t in dataset.tensors))
-        return torch.utils.data.Subset(dataset, kept.tolist())
+        return _subset(dataset, kept.tolist())
 
     train, test = keep(splits.train), keep(splits.test)
     if not len(train) or not len(test):

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mapscale.mapping.contract import WHOLE, Assembly, Part, copy_latents, from_pieces, generate_tensors, held_bytes, piece_ranges, pieces, with_aliases
 from mapscale.mapping.layout import ParamLayout, TensorSpec
-from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key
+from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key, share_group_state
 
 Modulation = Literal["additive", "multiplicative", "none"]
 Activation = Literal["identity", "tanh"]
@@ -191,10 +191,7 @@ class MappingGenerator(nn.Module):
                     transform=transforms.get(index),
                 )
             )
-            # Pieces of one group share what depends on the group alone (the seeded orthonormalizer, the sparse
-            # tables): one copy per group.
-            for name, kept in self.operators[-1].shared_state().items():
-                setattr(self.operators[-1], name, shared.setdefault((index, name), kept))
+            share_group_state(self.operators[-1], index, shared)  # the seeded orthonormalizer, the sparse tables
             if config.offset == "init":
                 base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
                 self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,), not a view of the group

@@ -296,6 +296,13 @@ class DenseOperator(_Operator):
 # -- operators that never store W -------------------------------------------------------------------------
 
 
+def share_group_state(operator: nn.Module, group: int, shared: dict[tuple[int, str], Tensor]) -> None:
+    """Point ``operator``'s `shared_state` at the copies ``shared`` already holds for ``group`` (recording its own
+    where none is held yet): the pieces of one group keep one copy of what depends on the group alone."""
+    for name, kept in operator.shared_state().items():
+        setattr(operator, name, shared.setdefault((group, name), kept))
+
+
 def _not_trainable(name: str, trainable: bool) -> None:
     if trainable:
         raise ValueError(f"operator {name!r} is never stored, so it cannot train (variant 'full-dnn' / 'lv-full-dnn' need operator 'dense')")

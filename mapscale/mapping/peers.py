@@ -48,7 +48,7 @@ from mapscale.mapping.contract import WHOLE, Part, copy_latents, from_pieces, ge
 from mapscale.mapping.generator import Identity, latent_init
 from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector
 from mapscale.mapping.mapped import MappedModel, build_mapped
-from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key
+from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key, share_group_state
 
 
 class _Peer(nn.Module):
@@ -131,8 +131,7 @@ class SubspaceGenerator(_Peer):
             key = mapping_key(seed, group.name)  # the key mapscale's generator gives this group's W
             columns = None if part.whole else (start, stop)
             self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device, columns=columns, transform=transforms.get(index)))
-            for name, kept in self.operators[-1].shared_state().items():  # one copy per group, as the mapping's
-                setattr(self.operators[-1], name, shared.setdefault((index, name), kept))
+            share_group_state(self.operators[-1], index, shared)
             theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
             self.register_buffer(f"theta0_{k}", theta0.to(device), persistent=False)  # (stop - start,), not a view of the group
         relative = scale == "relative" and device.type != "meta"  # on meta (inspect) only shapes exist
