@@ -74,6 +74,15 @@ class _Selected(MethodSection):
     (and the target) share a mapping."""
     trainable: list[str] = Field(default_factory=list)
     """Selectors of tensors kept out of generation and trained directly (e.g. ``"*bn*"``)."""
+    trainable_lr: float | None = Field(None, gt=0)
+    """Peak learning rate of the ``trainable`` tensors, in their own units (an optimiser group of their own on
+    the same schedule); None: ``optim.lr``, which for the generated methods is a relative rate meant for latents."""
+
+    @model_validator(mode="after")
+    def _trainable_lr_has_tensors(self):
+        if self.trainable_lr is not None and not self.trainable:
+            raise ValueError("mapping.trainable_lr is the rate of the mapping.trainable tensors, and mapping.trainable selects none")
+        return self
 
 
 class _Grouped(_Selected):
@@ -81,7 +90,11 @@ class _Grouped(_Selected):
     """``slvt`` (one latent), ``lwt`` (one latent per module owning parameters), or ``{group: selectors}`` where a
     selector is a glob on parameter names (``"layer4.*"``) or ``"re:<regex>"``."""
     budget: int | dict[str, int] = 2048
-    """Total latent size, split across groups in proportion to sqrt(group size); or ``{group: latent_dim}``."""
+    """Total latent size, split across groups in proportion to ``group size ** budget_power``; or ``{group: latent_dim}``."""
+    budget_power: float = Field(0.5, ge=0, le=1)
+    """How an integer ``budget`` is split across groups: shares proportional to ``P_g ** budget_power`` (0.5,
+    the default: sqrt; 0: equal shares, so a small head gets as many latents as a large layer, up to its size;
+    1: in proportion to size)."""
 
     @model_validator(mode="after")
     def _grouping_and_budget(self):
@@ -96,6 +109,12 @@ class _Grouped(_Selected):
 
     def describe(self) -> str:
         return self.grouping if isinstance(self.grouping, str) else "custom"
+
+    def budget_rule(self):
+        """The `mapscale.mapping.layout.BudgetRule` of ``budget_power`` (None for the default sqrt split)."""
+        from mapscale.mapping.layout import power_rule
+
+        return None if self.budget_power == 0.5 else power_rule(self.budget_power)
 
 
 class _Generated(_Grouped):
@@ -141,6 +160,9 @@ class MappingMethod(_Generated):
     """A latents file (``mapscale.space.save_latents``: one tensor per group, and the mapping fingerprint it
     belongs to) the run starts from instead of the seeded init: a warm start (``mapscale search``). The run is
     refused if the file's mapping differs from the recipe's."""
+    gain: bool = False
+    """One trainable scalar per generated tensor, ``theta_t = (1 + g_t) * generated_t`` from ``g_t = 0`` (SAID's
+    per-layer scale): as many trainable entries more as the layout has generated tensors."""
     low_rank: int | None = Field(None, ge=1)
     """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
     low_rank_tensors: list[str] = Field(default_factory=list)
@@ -168,7 +190,7 @@ class MappingMethod(_Generated):
 
     def generator_options(self) -> dict:
         """The `GeneratorConfig` fields of this section (the rest choose the layout or the add-on)."""
-        return self.model_dump(include={"operator", "modulation", "modulation_scale", "activation", "offset", "variant", "latent_init_std", "latent_seed", "constant_init_std"})
+        return self.model_dump(include={"operator", "modulation", "modulation_scale", "activation", "offset", "variant", "latent_init_std", "latent_seed", "constant_init_std", "gain"})
 
 
 
@@ -314,7 +336,7 @@ def build_mapping(section: MappingMethod, build: Build) -> MappedModel:
     from mapscale.mapping.mapped import map_model
 
     common = dict(
-        seed=section.seed, trainable=_each(section.trainable), frozen=_each(section.frozen),
+        seed=section.seed, trainable=_each(section.trainable), frozen=_each(section.frozen), budget_rule=section.budget_rule(),
         device=build.layout_device, part=build.part, **section.generator_options(),
     )
     if section.low_rank is not None:
@@ -329,7 +351,7 @@ def build_peer(section: SubspaceMethod | RpgMethod, build: Build) -> MappedModel
 
     options = section.model_dump(exclude=set(_Generated.model_fields))
     return peer_model(
-        build.target, section.method, selectors(section.grouping), section.budget, seed=section.seed,
+        build.target, section.method, selectors(section.grouping), section.budget, seed=section.seed, budget_rule=section.budget_rule(),
         trainable=_each(section.trainable), frozen=_each(section.frozen), device=build.layout_device, part=build.part, **options,
     )
 
@@ -351,7 +373,7 @@ def build_finetune(section: FinetuneMethod, build: Build) -> MappedModel:
         load_pretrained(build.target, load_state_dict(recipe.target.weights), tuned)
     return finetune_model(
         build.target, tuned, section.block_size, section.form, section.scale, selectors(section.grouping), section.budget,
-        seed=section.seed, trainable=_each(section.trainable), device=build.layout_device, part=build.part,
+        seed=section.seed, trainable=_each(section.trainable), budget_rule=section.budget_rule(), device=build.layout_device, part=build.part,
         modulation=section.modulation, modulation_scale=section.modulation_scale, activation=section.activation,
         variant=section.variant, operator=section.operator,
     )

@@ -72,6 +72,7 @@ class GeneratorConfig:
         per-tensor scales always uses the latents drawn from ``seed``, so generators differing only in
         ``latent_seed`` generate the same weights from the same latents: one mapping, other starting points.
     constant_init_std: the std given at init to tensors whose default init is a constant.
+    gain: one trainable scalar ``g_t`` per generated tensor, ``theta_t = (1 + g_t) * generated_t``, from 0.
     mapping_dtype: storage dtype of the mapping weights.
     """
 
@@ -85,6 +86,7 @@ class GeneratorConfig:
     latent_init_std: float | None = None
     latent_seed: int | None = None
     constant_init_std: float = 0.02
+    gain: bool = False
     mapping_dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
@@ -177,6 +179,7 @@ class MappingGenerator(nn.Module):
         shared: dict[tuple[int, str], Tensor] = {}
         self.latents = nn.ParameterList()
         self.modulators = nn.ParameterList()
+        self.gains = nn.ParameterList()  # (num tensors,) per group with config.gain, else empty
         for k, (index, start, stop) in enumerate(self.pieces):
             group = layout.groups[index]
             self.operators.append(
@@ -200,6 +203,8 @@ class MappingGenerator(nn.Module):
             self.latents.append(nn.Parameter(z0, requires_grad=train_latents))
             if separate_modulator:
                 self.modulators.append(nn.Parameter(z0.clone()))
+            if config.gain:
+                self.gains.append(nn.Parameter(torch.zeros(len(group.tensors), device=device)))
         # (4, num tensors) per group: in_scale, in_shift, out_scale, out_shift; derived, never checkpointed.
         affines = self._calibrate(init_tensors)
         if config.latent_seed is not None:  # other starting latents, after calibrating at the seed's
@@ -291,7 +296,17 @@ class MappingGenerator(nn.Module):
         return torch.repeat_interleave(affine, numels, dim=1, output_size=stop - start).unbind(dim=0)  # 4 x (stop - start,)
 
     def generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
-        """``(stop - start,)``: the generated parameters of piece ``k``."""
+        """``(stop - start,)``: the generated parameters of piece ``k`` (times ``1 + g_t`` per tensor with ``gain``)."""
+        out = self._generate_piece(k, latent)
+        if not len(self.gains):
+            return out
+        held, sizes = self._segments(k)
+        factor = 1 + self.gains[self.pieces[k][0]]
+        if len(held) == 1:
+            return out * factor[held[0]]
+        return torch.cat([u * factor[t] for u, t in zip(out.split(sizes), held)])
+
+    def _generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
         held, _ = self._segments(k)
         if self.config.activation == "identity" and self.config.modulation != "additive" and len(held) == 1:
             # One tensor, no activation, no shift: its scale moves before the (linear) operator, onto latent_dim
@@ -388,7 +403,7 @@ class MappingGenerator(nn.Module):
             row_sums = self._group_segment_row_sums(index)
             if row_sums is None:
                 return None
-            c_sq = (out_scale * in_scale) ** 2  # (T,)
+            c_sq = (out_scale * in_scale) ** 2 * self._gain_sq(index)  # (T,)
             sums, sq_sums = row_sums  # (d, T) each
             a, b = sq_sums @ c_sq, sums @ c_sq
             total_c_sq = (c_sq * getattr(self, f"numels_{index}")).sum()
@@ -399,12 +414,18 @@ class MappingGenerator(nn.Module):
             in_s, in_sh, out_s, _ = self._per_element_affine(index)
             slope = ACTIVATION_SLOPES[self.config.activation](raw * in_s + in_sh)
             c_sq_el = (out_s * slope * in_s) ** 2  # (P_g,); depends on z through act'(pre)
+            if len(self.gains):
+                c_sq_el = c_sq_el * torch.repeat_interleave(self._gain_sq(index), getattr(self, f"numels_{index}"))
             sums, sq_sums = self.operators[index].weighted_row_sums(c_sq_el)
             a, b, total_c_sq = sq_sums, sums, c_sq_el.sum()
         norm = (m**2 * a).sum()
         if g is not None:
             norm = norm + 2 * (m * g * b).sum() + g.dot(g) * total_c_sq
         return norm
+
+    def _gain_sq(self, index: int) -> Tensor | float:
+        """``(1 + g_t)²`` per tensor of group ``index`` (1 without ``gain``): the gain's factor on ``d theta / d z``."""
+        return (1 + self.gains[index]) ** 2 if len(self.gains) else 1.0
 
     # -- construction-time calibration ------------------------------------------------------------------
 

@@ -196,8 +196,21 @@ def sqrt_budget_split(sizes: Sequence[int], budget: int) -> list[int]:
     rounded down and the remainder goes to the largest fractional parts (ties to the earlier group), so
     the result is deterministic and sums exactly to ``budget``.
     """
+    return power_budget_split(sizes, budget, 0.5)
+
+
+def power_rule(power: float) -> BudgetRule:
+    """The budget rule giving each group a share proportional to ``size ** power`` (`power_budget_split`)."""
+    if not 0 <= power <= 1:
+        raise ValueError(f"budget power must lie in [0, 1] (0: equal shares, 0.5: sqrt, 1: proportional), got {power!r}")
+    return lambda sizes, budget: power_budget_split(sizes, budget, power)
+
+
+def power_budget_split(sizes: Sequence[int], budget: int, power: float) -> list[int]:
+    """`sqrt_budget_split` with shares proportional to ``size ** power``: 0 gives every group the same share
+    (a small head gets as many latents as a large layer, up to its size), 1 shares in proportion to size."""
     _check_budget_fits(sizes, budget)
-    weights = [math.sqrt(s) for s in sizes]
+    weights = [math.sqrt(s) if power == 0.5 else float(s) ** power for s in sizes]
 
     def shares(lam: float) -> list[float]:
         return [min(max(lam * w, 1.0), float(s)) for w, s in zip(weights, sizes)]

@@ -98,15 +98,29 @@ def trainable_parameters(model: MappedModel, loss_fn: MappingLoss) -> list[nn.Pa
     return [p for p in [*model.parameters(), *loss_fn.parameters()] if p.requires_grad]
 
 
-def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int):
+def param_groups(recipe: Recipe, params: list[nn.Parameter], model: MappedModel | None = None) -> list[dict]:
+    """The optimiser's groups of ``params``: one at ``recipe.lr``, and, when ``mapping.trainable_lr`` is set, the
+    target's own directly trained tensors (those of ``model.target``) in a second group at that rate."""
+    direct_lr = getattr(recipe.mapping, "trainable_lr", None)
+    if direct_lr is None or model is None:
+        return [{"params": params, "lr": recipe.lr}]
+    direct = {id(p) for p in model.target.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in direct], "lr": recipe.lr}, {"params": [p for p in params if id(p) in direct], "lr": direct_lr}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(recipe: Recipe, params: list[nn.Parameter], total_steps: int, model: MappedModel | None = None):
+    """The optimiser and its schedule over ``params`` (``model``: where `param_groups` finds the directly trained tensors)."""
     o = recipe.optim
+    groups = param_groups(recipe, params, model)
     if o.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     else:
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-        optimizer = cls(params, lr=recipe.lr, weight_decay=o.weight_decay)
+        optimizer = cls(groups, lr=recipe.lr, weight_decay=o.weight_decay)
     if o.schedule == "onecycle":
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total_steps, pct_start=max(o.warmup_fraction, 1e-3))
+        peaks = [g["lr"] for g in groups]
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks if len(peaks) > 1 else recipe.lr, total_steps=total_steps, pct_start=max(o.warmup_fraction, 1e-3))
     else:
         warmup = int(o.warmup_fraction * total_steps)
 
@@ -202,7 +216,7 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     if recipe.optim.max_steps is not None:
         total_steps = min(total_steps, recipe.optim.max_steps)
     params = trainable_parameters(model, loss_fn)
-    optimizer, schedule = build_optimizer(recipe, params, total_steps)
+    optimizer, schedule = build_optimizer(recipe, params, total_steps, model)
     ds_config = recipe.distributed.deepspeed_config()
     if ds_config is not None and world.distributed:
         config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, accumulation=accumulation, world=world, grad_clip=recipe.optim.grad_clip)
