@@ -56,6 +56,9 @@ TECHNIQUES = {
     "weight decay 0.05": Technique(("optim.optimizer=adamw", "optim.weight_decay=0.05")),
     "8 epochs": Technique(("optim.epochs=8",)),
     "16 epochs": Technique(("optim.epochs=16",)),
+    "16 epochs, shift": Technique(("optim.epochs=16", "data.augment_shift=2")),
+    "16 epochs, budget power 0": Technique(("optim.epochs=16", "mapping.budget_power=0"), GENERATED, ("lwt",)),
+    "16 epochs, gain": Technique(("optim.epochs=16", "mapping.gain=true"), ("mapping-sparse",), extra_trainable=CNN2_TENSORS),
 }
 
 

@@ -31,7 +31,7 @@ CASES: dict[str, list[str]] = {
     "loss_terms": [*SMALL, "mapping.grouping=lwt", "mapping.offset=mean", "loss.stability=0.5", "loss.smoothness=0.5", "loss.alignment=0.5"],
     "structured": [*SMALL, "mapping.operator=structured", "optim.lr=0.3"],
     "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded", "mapping.scale=none"],
-    "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt"],
+    "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt", "mapping.budget_power=0.5"],
     "finetune": [*SMALL, "mapping.method=finetune", "mapping.budget=64", f"target.weights={PRETRAINED}"],
     "lowrank": [*SMALL, "mapping.low_rank=8"],
     "full": [*SMALL[:-1], "mapping.method=full", "optim.lr=1e-3"],  # full training has no budget

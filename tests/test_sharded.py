@@ -28,8 +28,16 @@ def build(factory: str, grouping: str, world=None, units=None, per_unit=False, *
     return shard(model, plans[-1], world, per_unit=per_unit)
 
 
+def set_gains(model) -> None:
+    """Give the per-tensor gains (``gain=True``) distinct values: they start at 0, where a part could skip them."""
+    with torch.no_grad():
+        for gains in model.generator.gains:
+            gains.copy_(torch.linspace(-0.5, 0.5, gains.numel()))
+
+
 def generate_on_rank(rank, world_size, factory, grouping, units, options):
     model = build(factory, grouping, World.from_env(), units, **options)
+    set_gains(model)
     out = {name: t.detach() for name, t in model.generated_tensors().items()}
     row_means = [model.generator.modulated_row_means(i).detach() for i in range(len(model.layout.groups))]
     jacobian = [model.generator.jacobian_sq_norm(i) for i in range(len(model.layout.groups))]
@@ -47,12 +55,14 @@ CASES = [
     ("cnn", "slvt", ["conv2", "fc"], {"operator": "sparse", "activation": "tanh"}),
     ("lstm", "lwt", None, {"operator": "sparse", "offset": "init", "latent_init_std": 0.5}),
     ("cnn", "slvt", ["conv2"], {"operator": "seeded", "offset": "init"}),
+    ("cnn", "lwt", ["conv2", "fc"], {"operator": "sparse", "offset": "init", "latent_init_std": 0.5, "gain": True}),
 ]
 
 
 @pytest.mark.parametrize("factory,grouping,units,options", CASES)
 def test_two_ranks_generate_the_single_process_weights(factory, grouping, units, options):
     single = build(factory, grouping, **options)
+    set_gains(single)
     expected = {name: t.detach() for name, t in single.generator().items()}
     results = run_ranks(generate_on_rank, 2, factory, grouping, units, options)
     for out, row_means, jacobian, _ in results:
