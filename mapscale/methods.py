@@ -97,7 +97,10 @@ class _Grouped(_Selected):
     budget_power: float = Field(0.5, ge=0, le=1)
     """How an integer ``budget`` is split across groups: shares proportional to ``P_g ** budget_power`` (0.5,
     the default: sqrt; 0: equal shares, so a small head gets as many latents as a large layer, up to its size;
-    1: in proportion to size)."""
+    1: in proportion to size). Measured (``bench/results/techniques_cnn2.md``, ``bench/results/frontier.md``;
+    LWT 2,048, 3 seeds, validation): on CNN2 at 4 epochs 0 gains +0.73 points for the mapping, +0.20 for subspace
+    and +0.93 for RPG, at 16 epochs -0.06, +0.93 and +0.53; on resnet18 (1 epoch, 62 groups, the BatchNorm ones
+    tiny) it loses 9.0, 7.1 and 2.1 points. So 0.5 stays the default. SLVT has one group."""
 
     @model_validator(mode="after")
     def _grouping_and_budget(self):
@@ -123,12 +126,6 @@ class _Grouped(_Selected):
 class _Generated(_Grouped):
     frozen: list[str] = Field(default_factory=list)
     """Selectors of tensors kept out of generation at their initial (or pretrained) values."""
-    budget_power: float = Field(0.0, ge=0, le=1)
-    """How an integer ``budget`` is split across groups: shares proportional to ``P_g ** budget_power``. The
-    default 0 gives every group the same share, capped at its size (a small head or norm layer gets as many
-    latents as a large layer); 0.5 is the sqrt split of earlier versions, 1 shares in proportion to size.
-    Measured (``bench/results/techniques_cnn2.md``, CNN2 LWT 2,048, 4 epochs, 3 seeds, validation): 0 against 0.5
-    gains +0.73 points for the mapping, +0.20 for subspace, +0.93 for RPG; 1 loses 0.67-2.13. SLVT has one group."""
 
 
 class MappingMethod(_Generated):
