@@ -183,17 +183,19 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file: .safetensors or .pt (a state_dict); with --quantize a .pt TorchScript file. Default model.safetensors, or model.pt with --quantize.", show_default=False)] = None,
     prune: Annotated[Optional[float], typer.Option("--prune", help="Zero this fraction (in [0, 1), e.g. 0.9) of the smallest-magnitude entries of each Linear/Conv/RNN weight; biases and norm parameters are kept.", show_default=False)] = None,
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: dynamic int8 quantisation of the Linear and LSTM layers (convolutions stay float32), saved as TorchScript.", show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", help="state_dict: a file of tensors the target class loads; hf: a save_pretrained folder (config.json, model.safetensors, the tokenizer) for an hf: target, loaded by AutoModelFor*.from_pretrained(DIR) without mapscale.")] = "state_dict",
 ) -> None:
     """Materialise the target's weights into a plain state_dict the target loads without mapscale.
 
     --prune and --quantize are the export-time add-ons of the paper's Table 8; given both, the weights are pruned
-    and then quantised. A quantised model runs with `torch.jit.load(FILE)` alone (CPU).
+    and then quantised. A quantised model runs with `torch.jit.load(FILE)` alone (CPU). --format hf writes an hf:
+    target as a Hugging Face folder.
     """
     from mapscale.export import SparsityReport, export_run
 
-    out = out or Path("model.pt" if quantize else "model.safetensors")
+    out = out or Path("model-hf" if format == "hf" else "model.pt" if quantize else "model.safetensors")
     with _user_errors():
-        result = export_run(run, out, prune=prune, quantize=quantize)
+        result = export_run(run, out, prune=prune, quantize=quantize, format=format)
     if result.sparsity is not None:
         report, fraction = result.sparsity, SparsityReport.sparsity
         table = Table(title=f"pruned {report.amount:.0%} of each of {len(report.tensors)} weights by magnitude")

@@ -271,10 +271,12 @@ class ExportResult:
 
     @property
     def file_bytes(self) -> int:
+        if self.out.is_dir():  # a save_pretrained folder
+            return sum(f.stat().st_size for f in self.out.rglob("*") if f.is_file())
         return self.out.stat().st_size
 
 
-def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, quantize: str | None = None) -> ExportResult:
+def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, quantize: str | None = None, format: str = "state_dict") -> ExportResult:
     """Materialise a run's target weights and write them to ``out`` for use without mapscale.
 
     Without ``quantize`` the file is a state_dict (``.safetensors``, else ``torch.save``) that the target class
@@ -282,12 +284,19 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
     weight (`prune_magnitude`). With ``quantize="int8"`` the (pruned) weights are loaded into a freshly built
     plain target, its Linear/LSTM layers quantised (`quantize_dynamic_int8`) and the module written as
     TorchScript (`save_torchscript`; tracing, if needed, uses a zero batch of the recipe's input shape).
-    Raises ValueError for an amount outside [0, 1), an unknown ``quantize`` or a quantised ``.safetensors``.
+    With ``format="hf"`` (an ``hf:`` target) ``out`` is a folder in the ``save_pretrained`` layout (config.json,
+    model.safetensors, and the run's tokenizer when it has one) that ``AutoModelFor*.from_pretrained(out)`` loads.
+    Raises ValueError for an amount outside [0, 1), an unknown ``quantize`` or ``format``, a quantised
+    ``.safetensors`` or Hugging Face folder, or ``format="hf"`` for a target that is not a Hugging Face model.
     """
     from mapscale.targets import build_target
     from mapscale.train import load_run
 
     out = Path(out)
+    if format not in ("state_dict", "hf"):
+        raise ValueError(f"unknown export format {format!r}; choose 'state_dict' (a file of tensors) or 'hf' (a save_pretrained folder)")
+    if format == "hf" and quantize is not None:
+        raise ValueError("--quantize writes a TorchScript program; a Hugging Face folder (--format hf) holds float weights")
     if quantize is not None and quantize != "int8":
         raise ValueError(f"unknown quantisation {quantize!r}; the one available is 'int8' (dynamic, Linear and LSTM layers)")
     if quantize is not None and out.suffix == ".safetensors":
@@ -297,11 +306,19 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
     recipe, model, checkpoint = load_run(Path(run), "cpu")
     state = model.materialize()
     # A plain target (no mapping) to name the prunable weights and, when quantising, to carry the weights.
-    target = build_target(recipe.target.name, recipe.target.args)
+    target = build_target(recipe.target.name, recipe.target.args, task=recipe.task)
     sparsity = None
     if prune is not None:
         state, sparsity = prune_magnitude(state, prune, include=prunable_weights(target))
     result = dict(step=checkpoint["step"], tensors=len(state), values=sum(t.numel() for t in state.values()), sparsity=sparsity)
+    if format == "hf":
+        from mapscale import hf
+
+        if hf.hf_model(target) is None:
+            raise ValueError(f"--format hf writes Hugging Face models; target {recipe.target.name!r} is not one (name it hf:<folder or model type>)")
+        hf.export_pretrained(target, state, out)
+        _save_tokenizer(recipe, out)
+        return ExportResult(out, "hf (save_pretrained)", **result)
     if quantize is None:
         metadata = {"recipe": recipe.name, "target": recipe.target.name, "step": str(checkpoint["step"])}
         if prune is not None:
@@ -319,3 +336,11 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
 
     how = save_torchscript(quantized, out, zero_batch)
     return ExportResult(out, f"torchscript ({how})", quantization=quantization_report(target, quantized), **result)
+
+
+def _save_tokenizer(recipe, folder: Path) -> None:
+    """The run's tokenizer beside its Hugging Face weights, when its data has one (byte text has none)."""
+    from mapscale.data import save_tokenizer
+
+    if recipe.data.name == "text":
+        save_tokenizer(recipe.data, folder)

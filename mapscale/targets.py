@@ -1,8 +1,9 @@
 """Builders for target networks. Each returns a freshly initialised ``nn.Module``; seed the global RNG before
 calling one for a reproducible default init (the mapping calibrates against it).
 
-``build_target(section)`` resolves a recipe's ``target`` section: a name from ``TARGETS`` or
-``torchvision:<model>``, its keyword arguments, and optional pretrained weights from a local file.
+``build_target(section)`` resolves a recipe's ``target`` section: a name from ``TARGETS``,
+``torchvision:<model>`` or ``hf:<folder or model type>`` (`mapscale.hf`), its keyword arguments, and optional
+pretrained weights from a local file.
 """
 
 from __future__ import annotations
@@ -209,12 +210,18 @@ TARGETS: dict[str, Callable[..., nn.Module]] = {
     "gpt2": gpt2,
 }
 TORCHVISION_PREFIX = "torchvision:"
+HF_PREFIX = "hf:"
 
 
-def build_target(name: str, args: dict | None = None, weights: str | Path | None = None) -> nn.Module:
-    """The target ``name`` built with ``args``, with pretrained ``weights`` loaded when given."""
+def build_target(name: str, args: dict | None = None, weights: str | Path | None = None, task: str = "classification") -> nn.Module:
+    """The target ``name`` built with ``args``, with pretrained ``weights`` loaded when given. ``task`` picks the
+    head of a Hugging Face model (``hf:``; `mapscale.hf.build`)."""
     args = dict(args or {})
-    if name.startswith(TORCHVISION_PREFIX):
+    if name.startswith(HF_PREFIX):
+        from mapscale import hf
+
+        model = hf.build(name[len(HF_PREFIX):], args, task)
+    elif name.startswith(TORCHVISION_PREFIX):
         import torchvision
 
         model_name = name[len(TORCHVISION_PREFIX):]
@@ -230,10 +237,19 @@ def build_target(name: str, args: dict | None = None, weights: str | Path | None
     elif name in TARGETS:
         model = TARGETS[name](**args)
     else:
-        raise ValueError(f"unknown target {name!r}; use one of {sorted(TARGETS)} or 'torchvision:<model name>'")
+        raise ValueError(f"unknown target {name!r}; use one of {sorted(TARGETS)}, 'torchvision:<model name>' or 'hf:<folder or model type>'")
     if weights is not None:
         model.load_state_dict(load_state_dict(weights), strict=True)
     return model
+
+
+def ships_weights(name: str) -> bool:
+    """Whether the target ``name`` is built with pretrained weights of its own (``hf:<folder>``), without ``target.weights``."""
+    if not name.startswith(HF_PREFIX):
+        return False
+    from mapscale.hf import is_folder
+
+    return is_folder(name[len(HF_PREFIX):])
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

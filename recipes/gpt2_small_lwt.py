@@ -1,9 +1,12 @@
-"""GPT-2 small (124,439,808 parameters, tied embeddings) trained through one latent per transformer block (LWT,
-4,096 latent values in all) with the default ``sparse`` mapping operator, on next-byte prediction.
+"""GPT-2 small (124,439,808 parameters, tied embeddings) trained through one latent per transformer block (the
+``blocks`` grouping: the embeddings, each of the 12 blocks, the final norm; 4,096 latent values in all) with the
+default ``sparse`` mapping operator, on next-byte prediction.
 
     mapscale inspect recipes/gpt2_small_lwt.py --world-size 64     # the sharding plan and memory per rank
     mapscale train recipes/gpt2_small_lwt.py optim.max_steps=5     # a few steps on this machine's CPU
     mapscale train recipes/gpt2_small_lwt.py data.path=corpus.txt  # your own text
+    mapscale train recipes/gpt2_small_lwt.py target.name=hf:gpt2 data.tokenizer=bpe:8192 \
+        'target.args={"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 8192}'   # Hugging Face's GPT-2
 
 A dense fp32 mapping for this layout would hold 188.9 GiB (949 GiB under SLVT 2,048); the sparse operator holds
 nothing per parameter, so the fixed state is the init weights ``theta_0`` the run starts from (``offset="init"``):
@@ -19,16 +22,11 @@ from pathlib import Path
 
 from mapscale.recipe import DataSection, MappingMethod, OptimSection, OutputSection, Recipe, TargetSection
 
-LAYERS = 12
-
 
 class Gpt2SmallLwt(Recipe):
     task = "language_modeling"
     target = TargetSection(name="gpt2")
-    mapping = MappingMethod(
-        grouping={"embeddings": ["wte.*", "wpe.*"], **{f"block{i}": [f"h.{i}.*"] for i in range(LAYERS)}, "ln_f": ["ln_f.*"]},
-        budget=4096,
-    )
+    mapping = MappingMethod(grouping="blocks", budget=4096)  # embeddings, h.0 ... h.11, final (ln_f)
     data = DataSection(name="text", path=Path(__file__).resolve().parents[1] / "README.md", window=128, test_size=0.1)
     optim = OptimSection(epochs=1, batch_size=8)
     output = OutputSection(eval_every=10)

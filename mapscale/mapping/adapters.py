@@ -48,13 +48,27 @@ def adapted_modules(model: nn.Module, tuned: Iterable[Selector] = ()) -> list[st
     return owners
 
 
-def _config(method: str, rank: int, modules: list[str], seed: int):
+def _config(method: str, rank: int, modules: list[str], seed: int, transposed: bool = False):
+    """The peft config; ``transposed``: the layers are transformers' ``Conv1D`` (GPT-2's), whose weight is
+    ``(in, out)`` (peft's ``fan_in_fan_out``)."""
     import peft  # imported here: it pulls in transformers, seconds at import
 
     pattern = "^(" + "|".join(re.escape(m) for m in modules) + ")$"  # a str is matched whole against module names
     if method == "lora":
-        return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=pattern, lora_dropout=0.0)
-    return peft.VeraConfig(r=rank, target_modules=pattern, projection_prng_key=seed, save_projection=True)
+        return peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=pattern, lora_dropout=0.0, fan_in_fan_out=transposed)
+    return peft.VeraConfig(r=rank, target_modules=pattern, projection_prng_key=seed, save_projection=True, fan_in_fan_out=transposed)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (a Linear with its weight stored ``(in, out)``), recognised without importing transformers."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers.")
+
+
+def _transposed(model: nn.Module, modules: list[str]) -> bool:
+    kinds = {_is_conv1d(model.get_submodule(m)) for m in modules}
+    if len(kinds) > 1:
+        raise ValueError("the tuned tensors belong to both transformers Conv1D and other layers; peft takes one orientation per adapter: tune one kind")
+    return kinds == {True}
 
 
 def _check(model: nn.Module, method: str, rank, modules: list[str]) -> None:
@@ -65,7 +79,7 @@ def _check(model: nn.Module, method: str, rank, modules: list[str]) -> None:
     if not modules or "" in modules:
         raise ValueError("adapters attach to submodules owning the tuned tensors; select tensors of submodules (e.g. ['fc.*'])")
     supported = (nn.Linear,) if method == "vera" else (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
-    wrong = [f"{m} ({type(model.get_submodule(m)).__name__})" for m in modules if not isinstance(model.get_submodule(m), supported)]
+    wrong = [f"{m} ({type(model.get_submodule(m)).__name__})" for m in modules if not isinstance(model.get_submodule(m), supported) and not _is_conv1d(model.get_submodule(m))]
     if wrong:
         raise ValueError(f"{method} adapts {[c.__name__ for c in supported]} layers only; the tuned tensors belong to {wrong}")
 
@@ -88,7 +102,7 @@ def adapter_model(
     direct = set(_select(*_capture(model), list(trainable), "trainable")) if trainable else set()
     import peft
 
-    wrapped = peft.get_peft_model(model, _config(method, rank, modules, seed))
+    wrapped = peft.get_peft_model(model, _config(method, rank, modules, seed, _transposed(model, modules)))
     prefix = "base_model.model."  # how peft names the plain target's tensors
     specs, _ = _capture(wrapped)
     for spec in specs:
@@ -112,7 +126,7 @@ def adapter_trainable(model: nn.Module, method: str, rank: int, tuned: Iterable[
 
     modules = adapted_modules(model, tuned)
     _check(model, method, rank, modules)
-    wrapped = peft.get_peft_model(copy.deepcopy(model), _config(method, rank, modules, 0))
+    wrapped = peft.get_peft_model(copy.deepcopy(model), _config(method, rank, modules, 0, _transposed(model, modules)))
     return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 

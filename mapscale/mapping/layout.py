@@ -8,6 +8,9 @@ Groupings (DESIGN.md section 1):
 - ``"slvt"``: one group, named ``"all"``, holding every generated tensor.
 - ``"lwt"``: one group per module that directly owns parameters, named by the module's path
   (``"(root)"`` for parameters owned by the target itself).
+- ``"blocks"``: one group per repeated block of a transformer (or any network built as a stack), named by the
+  block's path (``"h.0"``, ``"model.layers.3"``), plus ``"embeddings"`` for the tensors before the first block
+  and ``"final"`` for those after the last (final norm, an untied head): `repeated_blocks`.
 - a dict ``{group name: selector or list of selectors}``: each tensor joins the first group with a
   matching selector. A selector is a glob on parameter names (``"layer4.*"``), a compiled regex
   (``re.compile(r"^fc\\.")``, searched anywhere in the name), an ``nn.Module`` subclass (tensors owned by
@@ -30,7 +33,7 @@ Selector = str | re.Pattern | type | Callable[[str, nn.Parameter], bool]
 Grouping = str | Mapping[str, Selector | Sequence[Selector]] | Callable[[str, nn.Parameter], str]
 BudgetRule = Callable[[Sequence[int], int], Sequence[int]]
 
-GROUPINGS = ("slvt", "lwt")
+GROUPINGS = ("slvt", "lwt", "blocks")
 SLVT_GROUP = "all"
 ROOT_GROUP = "(root)"
 
@@ -117,7 +120,7 @@ class ParamLayout:
         if not generated:
             raise ValueError("every parameter is excluded from generation; nothing is left to map")
 
-        members = _assign_groups(generated, owners, grouping)
+        members = _assign_groups(generated, owners, grouping, module)
         sizes = [sum(s.numel for s in tensors) for tensors in members.values()]
         dims = _resolve_budget(list(members), sizes, budget, budget_rule, grouping)
 
@@ -374,12 +377,50 @@ def _param_lookup(owners: Mapping[str, nn.Module]):
     return param_of
 
 
-def _assign_groups(specs: list[TensorSpec], owners, grouping: Grouping) -> dict[str, list[TensorSpec]]:
+def repeated_blocks(module: nn.Module) -> list[str]:
+    """The paths of ``module``'s repeated blocks: the children of the ``nn.ModuleList`` / ``nn.Sequential`` of 2 or
+    more modules of one class and one parameter count that holds the most parameters (a transformer's layers:
+    ``h`` in GPT-2, ``model.layers`` in LLaMA, ``bert.encoder.layer`` in BERT). Raises ValueError when there is none."""
+    best: tuple[int, list[str]] = (0, [])
+    for path, child in module.named_modules():
+        if not isinstance(child, (nn.ModuleList, nn.Sequential)) or len(child) < 2:
+            continue
+        items = list(child.named_children())
+        counts = {sum(p.numel() for p in block.parameters()) for _, block in items}
+        if len({type(block) for _, block in items}) != 1 or len(counts) != 1 or not counts.pop():
+            continue
+        total = sum(p.numel() for _, block in items for p in block.parameters())
+        if total > best[0]:
+            best = (total, [f"{path}.{name}" if path else name for name, _ in items])
+    if not best[1]:
+        raise ValueError(
+            f"grouping 'blocks' found no repeated blocks in {type(module).__name__} (a ModuleList or Sequential of 2 or more "
+            "modules of one class and size); use 'lwt' or a dict of group name -> selectors"
+        )
+    return best[1]
+
+
+def _blocks(specs: list[TensorSpec], module: nn.Module) -> dict[str, list[TensorSpec]]:
+    """``"blocks"``: a group per repeated block, ``"embeddings"`` before the first, ``"final"`` after the last."""
+    blocks = repeated_blocks(module)
+    members: dict[str, list[TensorSpec]] = {}
+    seen_block = False
+    for spec in specs:
+        block = next((b for b in blocks if any(n.startswith(b + ".") for n in spec.names)), None)
+        seen_block = seen_block or block is not None
+        members.setdefault(block or ("final" if seen_block else "embeddings"), []).append(spec)
+    order = ["embeddings", *blocks, "final"]
+    return {g: members[g] for g in order if g in members}
+
+
+def _assign_groups(specs: list[TensorSpec], owners, grouping: Grouping, module: nn.Module | None = None) -> dict[str, list[TensorSpec]]:
     param_of = _param_lookup(owners)
     members: dict[str, list[TensorSpec]] = {}
     if isinstance(grouping, str):
         if grouping == "slvt":
             return {SLVT_GROUP: list(specs)}
+        if grouping == "blocks" and module is not None:
+            return _blocks(specs, module)
         if grouping == "lwt":
             for spec in specs:
                 owner_path = spec.name.rpartition(".")[0] or ROOT_GROUP

@@ -40,7 +40,7 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     method = METHODS[recipe.mapping.method]
     dist = recipe.distributed
     with torch.device("meta") if meta else nullcontext():
-        target = build_target(recipe.target.name, recipe.target.args, None if meta or method.pretrained else recipe.target.weights)
+        target = build_target(recipe.target.name, recipe.target.args, None if meta or method.pretrained else recipe.target.weights, recipe.task)
     per_unit = dist.gather == "per-unit"
     sharded = world is not None and (world.distributed or per_unit)
     if sharded and not method.generates and per_unit:
@@ -65,6 +65,19 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
         return model
     _return_freed_memory()
     return model.to(device)
+
+
+def check_vocabulary(model: nn.Module, data: DataSplits) -> None:
+    """Refuse a language model whose token embedding (its first ``nn.Embedding``) holds fewer ids than the data's
+    tokens take (``data.tokenizer``): the first batch would fail with an index error deep in the forward."""
+    if data.vocab_size is None:
+        return
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if embedding is not None and embedding.num_embeddings < data.vocab_size:
+        raise DataError(
+            f"the target's token embedding holds {embedding.num_embeddings:,} ids and the data's tokens take {data.vocab_size:,} "
+            "(data.tokenizer); raise the target's vocabulary (target.args) to at least that"
+        )
 
 
 def _return_freed_memory() -> None:
@@ -202,6 +215,7 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     if recipe.data.augment_shift and len(data.input_shape) != 3:
         raise DataError(f"data.augment_shift moves images; the inputs of data.name={recipe.data.name!r} have shape {data.input_shape}")
     model = build_model(recipe, device, world)
+    check_vocabulary(model, data)
     if warm_start and recipe.mapping.warm_start() is not None:
         start_latents(model, recipe.mapping.warm_start(), fingerprint(model, recipe))
     loss_fn = build_loss(recipe).to(device)
