@@ -108,7 +108,8 @@ def main() -> None:
         f"`python bench/techniques.py {' '.join(sys.argv[1:])}` ({(time.perf_counter() - started) / 60:.0f} min of this invocation; runs "
         f"already in `{args.runs}/runs.jsonl` are read back); CNN2, {args.epochs} epochs unless the technique says otherwise, 2,048 "
         f"trainable for the generated methods, each method at its default rate, seeds 0-{args.seeds - 1}. `vs off`: validation "
-        "accuracy minus the same method and layout without the technique (mean of the seeds).", "",
+        "accuracy minus the same method and layout without the technique (mean of the seeds), at 4 epochs: for a `16 epochs, X` row, "
+        "X's own effect is its difference from the `16 epochs` row.", "",
         "| technique | method | grouping | lr | validation | vs off | test | train - test |", "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for c in cases:
