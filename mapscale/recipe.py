@@ -298,6 +298,9 @@ class OutputSection(Section):
     """Run directory name (default: the recipe name and a timestamp)."""
     eval_every: int = Field(0, ge=0)
     """Evaluate every this many steps (0: at the end of each epoch)."""
+    eval_train: bool = True
+    """At the end, evaluate the final model on the whole training split too (the train-test gap, ``final_train``);
+    off for a large training split, where that pass costs more than the run's training."""
     checkpoint_every: int = Field(0, ge=0)
     """Checkpoint every this many steps (0: at the end of each epoch); always at the end and on interrupt."""
     log_every: int = Field(10, ge=1)

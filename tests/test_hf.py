@@ -135,6 +135,30 @@ def test_gpt2_trains_exports_and_loads_without_mapscale(text, tmp_path):
     _train_export_load("gpt2", text, tmp_path)
 
 
+def test_export_writes_the_runs_tokenizer_beside_the_weights(text, tmp_path):
+    from transformers import AutoTokenizer
+
+    from mapscale.data import text_tokenizer
+
+    args = {**CONFIGS["gpt2"], "vocab_size": 300}
+    run_cli("train", str(RECIPE), *hf_overrides("gpt2", text, tmp_path, "bpe", "data.tokenizer=bpe:300", f"target.args={json.dumps(args)}", "optim.max_steps=1"))
+    run_cli("export", str(tmp_path / "bpe"), "--format", "hf", "--out", str(tmp_path / "out"))
+    sample = "def wrap(text, width=70):\n    return TextWrapper(width=width).wrap(text)"
+    ours = text_tokenizer(load_recipe(tmp_path / "bpe").data)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")(sample)["input_ids"] == ours(sample)["input_ids"]
+    assert len(ours) == 300
+
+
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(text, tmp_path):
+    from mapscale.data import DataError
+    from mapscale.distributed.world import World
+    from mapscale.train import prepare
+
+    recipe = load_recipe(RECIPE, hf_overrides("gpt2", text, tmp_path, "small", "data.tokenizer=bpe:300"))
+    with pytest.raises(DataError, match="holds 256 ids and the data's tokens take 300"):
+        prepare(recipe, World(), "cpu")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_llama_and_bert_train_export_and_load_without_mapscale(kind, text, tmp_path):
@@ -161,9 +185,47 @@ def test_finetune_of_a_pretrained_folder_starts_at_its_logits(text, tmp_path):
     folder = tmp_path / "pretrained"
     pretrained.save_pretrained(folder)
     recipe = load_recipe(RECIPE, [*hf_overrides("gpt2", text, tmp_path, "ft"), f"target.name=hf:{folder}", "target.args={}", "mapping.method=finetune",
-                                  'mapping.grouping="slvt"'])
+                                  "mapping.grouping=blocks"])
     model = build_model(recipe).eval()
     tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), pretrained(input_ids=tokens).logits, rtol=0, atol=0)
     assert model.num_trainable() < 300
+
+
+# -- two ranks -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_train_a_hugging_face_target_like_one_process(text, tmp_path):
+    """LLaMA (no dropout), sharded generation over 2 gloo ranks against 1 process on the same global batch."""
+    import os
+
+    from mapscale.train import train
+
+    common = ["optim.schedule=constant", "optim.lr=0.01", "mapping.grouping=blocks"]
+    single = hf_overrides("llama", text, tmp_path, "one", *common)
+    (tmp_path / "one").mkdir()
+    train(load_recipe(RECIPE, single), tmp_path / "one")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mapscale.cli", "train", str(RECIPE),
+                           *hf_overrides("llama", text, tmp_path, "two", *common)], capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def losses(run: str) -> list[float]:
+        return [r["task"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+    assert len(losses("one")) == 5 and len(set(losses("one"))) == 5
+    torch.testing.assert_close(losses("two"), losses("one"), rtol=1e-5, atol=0)
+
+
+def test_eval_train_false_skips_the_final_pass_over_the_training_split(tmp_path):
+    """A large pretraining corpus (bench/hf_finetune.py) need not be evaluated whole at the end."""
+    from mapscale.train import train
+
+    for flag, expected in (("true", True), ("false", False)):
+        recipe = load_recipe("recipes/mnist_cnn2.py", ["optim.max_steps=2", "data.max_examples=128", "output.progress=false", f"output.eval_train={flag}"])
+        (tmp_path / flag).mkdir()
+        result = train(recipe, tmp_path / flag)
+        splits = [json.loads(line)["split"] for line in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
+        assert ("train-eval" in splits) == expected and bool(result.final_train) == expected and result.final

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from mapscale.mapping.contract import WHOLE, Part
 from mapscale.mapping.generator import GeneratorConfig, MappingGenerator
 from mapscale.mapping.mapped import MappedModel
-from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select, shape_module
+from mapscale.mapping.layout import BudgetRule, Grouping, ParamLayout, Selector, TensorSpec, _capture, _preview, _select, block_grouping, shape_module
 
 FineTuneForm = Literal["additive", "multiplicative"]
 FINETUNE_FORMS = ("additive", "multiplicative")
@@ -208,6 +208,8 @@ def finetune_model(
     total = sum(num_elements(s.numel, block_size) for s in tuned_specs)
     if not isinstance(budget, Mapping) and isinstance(budget, int) and not isinstance(budget, bool) and budget > total:
         budget = total  # a group has at most as many orthonormal rows as elements
+    if grouping == "blocks":  # the elements carry the tuned tensors' names; the blocks are the target's
+        grouping = block_grouping(model)
     element_layout = ParamLayout.from_module(element_module, grouping, budget, budget_rule=budget_rule)
     layout = ParamLayout(
         groups=element_layout.groups,

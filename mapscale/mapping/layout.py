@@ -400,16 +400,29 @@ def repeated_blocks(module: nn.Module) -> list[str]:
     return best[1]
 
 
+def block_grouping(module: nn.Module) -> Callable[[str, object], str]:
+    """The ``"blocks"`` grouping of ``module`` as a callable ``(parameter name, parameter) -> group``: the block's
+    path (`repeated_blocks`) for a tensor inside one, ``"embeddings"`` for one before the first block in
+    ``named_parameters`` order, ``"final"`` for one after. Usable on other modules whose tensors carry these names
+    (the fine-tuning mode's elements)."""
+    blocks = repeated_blocks(module)
+    order = {name: i for i, (name, _) in enumerate(module.named_parameters(remove_duplicate=False))}
+    first = min(i for name, i in order.items() if any(name.startswith(b + ".") for b in blocks))
+
+    def group(name: str, _parameter=None) -> str:
+        block = next((b for b in blocks if name.startswith(b + ".")), None)
+        return block or ("embeddings" if order.get(name, first) < first else "final")
+
+    return group
+
+
 def _blocks(specs: list[TensorSpec], module: nn.Module) -> dict[str, list[TensorSpec]]:
     """``"blocks"``: a group per repeated block, ``"embeddings"`` before the first, ``"final"`` after the last."""
-    blocks = repeated_blocks(module)
+    group = block_grouping(module)
     members: dict[str, list[TensorSpec]] = {}
-    seen_block = False
     for spec in specs:
-        block = next((b for b in blocks if any(n.startswith(b + ".") for n in spec.names)), None)
-        seen_block = seen_block or block is not None
-        members.setdefault(block or ("final" if seen_block else "embeddings"), []).append(spec)
-    order = ["embeddings", *blocks, "final"]
+        members.setdefault(group(spec.name), []).append(spec)
+    order = ["embeddings", *repeated_blocks(module), "final"]
     return {g: members[g] for g in order if g in members}
 
 

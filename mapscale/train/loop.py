@@ -113,8 +113,9 @@ def train(
                     best = better(best, last_eval, metric, higher, step)
                     progress.update(bar, metric=f"{metric} {last_eval[metric]:.4f}")
                 if step == run.total_steps:  # the train split too, once: the train-test gap of the final model
-                    final_train = evaluate(run.model, run.data.train, recipe, run.data.num_classes, run.device, world)
-                    log.write(step, {"split": "train-eval", **final_train})
+                    if recipe.output.eval_train:
+                        final_train = evaluate(run.model, run.data.train, recipe, run.data.num_classes, run.device, world)
+                        log.write(step, {"split": "train-eval", **final_train})
                     if run.data.validation is not None:
                         final_validation = evaluate(run.model, run.data.validation, recipe, run.data.num_classes, run.device, world)
                         log.write(step, {"split": "validation", **final_validation})

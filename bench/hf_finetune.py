@@ -1,0 +1,222 @@
+"""Fine-tuning a pretrained Hugging Face model (issue 19): mapscale's fine-tune mode against peft's LoRA and VeRA
+at matched trainable counts, full fine-tuning and the untuned model for reference.
+
+    python bench/hf_finetune.py --out bench/results/hf_finetune.md        # ~30 minutes on 2 cores
+
+1. **Pretraining.** A GPT-2 (Hugging Face's ``GPT2LMHeadModel``, ``hf:gpt2``) of 4 layers x 256 (bytes, 128
+   positions) is trained from scratch, fully, on the first half (2 MB) of `bench/defaults.py`'s corpus (the
+   standard library's ``.py`` files, sorted) and exported with ``mapscale export --format hf``: a local
+   pretrained folder, nothing downloaded.
+2. **Fine-tuning** on text of another kind: the docstrings of the standard library's modules, classes and
+   functions (English prose; `docstrings`), next-byte prediction, ``target.name=hf:<that folder>``. Every method
+   tunes the same tensors, the weights of the 16 linear (``Conv1D``) layers of the 4 blocks, at the same
+   trainable count (``--budget``, 16,384 by default: LoRA rank 1 exactly; VeRA's rank and the fine-tune mode's
+   latent size matched to it). Each method's learning rate is chosen on the validation split (seed 0, rates of
+   ``--lrs``; full fine-tuning ``--full-lrs``), then 3 seeds at the chosen rate give the test perplexity.
+
+Every run is an ordinary mapscale run, appended to ``<runs>/runs.jsonl`` as it finishes (an interrupted bench
+resumes); runs go to ``--workers`` processes of one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from defaults import corpus, fmt  # noqa: E402  (bench/, this script's folder, is on sys.path)
+
+RECIPE = ROOT / "recipes" / "gpt2_small_lwt.py"
+GPT = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 256, "n_positions": 128}
+TUNED = ["*.attn.c_attn.weight", "*.attn.c_proj.weight", "*.mlp.c_fc.weight", "*.mlp.c_proj.weight"]
+METHODS = ("finetune", "lora", "vera", "full")
+
+
+def docstrings(folder: Path, limit: int = 600_000) -> Path:
+    """The docstrings of the standard library's modules, classes and functions (files sorted by path), up to ``limit`` bytes."""
+    path = folder / "stdlib_docstrings.txt"
+    if not path.exists():
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        chunks, size = [], 0
+        for file in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
+            if "site-packages" in file.parts or size >= limit:
+                continue
+            try:
+                tree = ast.parse(file.read_bytes())
+            except (SyntaxError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    text = ast.get_docstring(node)
+                    if text:
+                        chunks.append(text.encode() + b"\n\n")
+                        size += len(chunks[-1])
+        path.write_bytes(b"".join(chunks)[:limit])
+    return path
+
+
+def common(runs: Path, text: Path, name: str) -> list[str]:
+    return [
+        f"data.path={text}", "data.window=128", "data.test_size=0.1", "data.validation_size=0.1", "data.max_examples=1600",
+        "optim.batch_size=16", "optim.epochs=1000", "output.eval_every=0", "output.progress=false", "output.log_every=50",
+        f"output.root={runs}", f"output.run_name={name}",
+    ]
+
+
+def pretrain(runs: Path, steps: int) -> Path:
+    """Train the GPT-2 from scratch on the first half of the corpus and export it; the exported folder."""
+    folder = runs / "pretrained-hf"
+    if (folder / "model.safetensors").exists():
+        return folder
+    half = runs / "pretrain_corpus.txt"
+    half.write_bytes(corpus(runs).read_bytes()[: len(corpus(runs).read_bytes()) // 2])
+    overrides = [*common(runs, half, "pretrain"), "target.name=hf:gpt2", f"target.args={json.dumps(GPT)}", "mapping.method=full",
+                 "optim.lr=3e-4", f"optim.max_steps={steps}", "data.max_examples=100000", "output.eval_train=false"]
+    for argv in (["train", str(RECIPE), *overrides], ["export", str(runs / "pretrain"), "--format", "hf", "--out", str(folder)]):
+        done = subprocess.run([sys.executable, "-m", "mapscale.cli", *argv], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
+    return folder
+
+
+def method_overrides(method: str, folder: Path, budget: int) -> list[str]:
+    base = [f"target.name=hf:{folder}", "target.args={}"]
+    if method == "full":
+        return [*base, "mapping.method=full"]
+    tuned = json.dumps(TUNED)
+    if method == "finetune":
+        # the sparse operator: a dense one over these 3.1M elements would hold 16,384 x 3.1M values
+        return [*base, "mapping.method=finetune", f"mapping.tuned={tuned}", "mapping.grouping=blocks", f"mapping.budget={budget}", "mapping.operator=sparse"]
+    return [*base, f"mapping.method={method}", f"mapping.tuned={tuned}", f"mapping.budget={budget}"]
+
+
+def run_one(job: tuple) -> dict:
+    import torch
+
+    from mapscale.recipe import load_recipe
+    from mapscale.train import train, write_run_files
+
+    method, lr, seed, settings = job
+    torch.set_num_threads(1)
+    runs, name = Path(settings["runs"]), f"{method}_lr{lr:g}_seed{seed}"
+    overrides = [*common(runs, Path(settings["text"]), name), *method_overrides(method, Path(settings["folder"]), settings["budget"]),
+                 f"optim.lr={lr}", f"seed={seed}", f"optim.max_steps={settings['steps']}"]
+    if method != "full":
+        overrides.append(f"mapping.seed={seed}")
+    recipe = load_recipe(RECIPE, overrides)
+    write_run_files(runs / name, recipe, None, overrides)
+    started = time.perf_counter()
+    try:
+        result = train(recipe, runs / name)
+        scores = {"validation": result.final_validation.get("perplexity", math.nan), "test": result.final.get("perplexity", math.nan),
+                  "train": result.final_train.get("perplexity", math.nan), "trainable": result.trainable}
+    except Exception as err:  # a diverged run is a result (NaN), not the end of the bench
+        scores = {"validation": math.nan, "test": math.nan, "train": math.nan, "error": f"{type(err).__name__}: {err}"[:300]}
+    return {"key": name, "method": method, "lr": lr, "seed": seed, **scores, "seconds": time.perf_counter() - started}
+
+
+def run_all(jobs: list, done: dict, log: Path, settings: dict, workers: int) -> None:
+    todo = [j for j in jobs if f"{j[0]}_lr{j[1]:g}_seed{j[2]}" not in done]
+    if not todo:
+        return
+    print(f"{len(todo)} runs to do", flush=True)
+    with ProcessPoolExecutor(workers) as pool, log.open("a") as out:
+        for record in pool.map(run_one, [(*j, settings) for j in todo]):
+            done[record["key"]] = record
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            print(f"  {record['key']}: val {record['validation']:.3f} test {record['test']:.3f} ({record['seconds']:.0f} s)", flush=True)
+
+
+def trainable_counts(settings: dict) -> dict[str, int]:
+    """Each method's trainable count (the optimiser's), from one build."""
+    from mapscale.recipe import load_recipe
+    from mapscale.train import build_loss, build_model, trainable_parameters
+
+    counts = {}
+    for method in METHODS:
+        recipe = load_recipe(RECIPE, [*common(Path(settings["runs"]), Path(settings["text"]), "count"),
+                                      *method_overrides(method, Path(settings["folder"]), settings["budget"])])
+        counts[method] = sum(p.numel() for p in trainable_parameters(build_model(recipe), build_loss(recipe)))
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=int, default=16384)
+    parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
+    parser.add_argument("--lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1])
+    parser.add_argument("--full-lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", default="/tmp/mapscale-hf-finetune")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    folder = pretrain(runs, args.pretrain_steps)
+    settings = {"runs": str(runs), "text": str(docstrings(runs)), "folder": str(folder), "budget": args.budget, "steps": args.steps}
+    log = runs / "runs.jsonl"
+    done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    rates = {m: args.full_lrs if m == "full" else args.lrs for m in METHODS}
+    run_all([(m, lr, 0) for m in METHODS for lr in rates[m]], done, log, settings, args.workers)
+    score = lambda r: r["validation"] if r["validation"] is not None and math.isfinite(r["validation"]) else math.inf  # noqa: E731
+    best = {m: min(rates[m], key=lambda lr: score(done[f"{m}_lr{lr:g}_seed0"])) for m in METHODS}
+    seeds = range(args.seeds)
+    run_all([(m, best[m], s) for m in METHODS for s in seeds], done, log, settings, args.workers)
+    counts = trainable_counts(settings)
+    untuned = evaluate_untuned(settings)
+    lines = [
+        "# Fine-tuning a pretrained Hugging Face GPT-2: mapscale's fine-tune mode, LoRA, VeRA", "",
+        f"`python bench/hf_finetune.py {' '.join(sys.argv[1:])}` ({(time.perf_counter() - started) / 60:.0f} min of this invocation). "
+        f"GPT-2 4 x 256 (`hf:gpt2`, bytes) pretrained {args.pretrain_steps} steps on 2 MB of the standard library's code, then tuned "
+        f"{args.steps} steps (batch 16 x 128 bytes) on its docstrings; every method tunes the 16 linear layers' weights of the blocks at "
+        f"about {args.budget:,} trainable values. Rates chosen on the validation split (seed 0), perplexity (lower is better), seeds "
+        f"0-{args.seeds - 1} at the chosen rate.", "",
+        "## Rate sweep (validation perplexity, seed 0)", "",
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |", "|---|" + "---:|" * len(args.lrs),
+    ]
+    for m in METHODS:
+        cells = [fmt([done[f"{m}_lr{lr:g}_seed0"]["validation"]], 1) + (" *" if lr == best[m] else "") for lr in rates[m]]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", f"Full fine-tuning's rates, in the same columns: {', '.join(f'{lr:g}' for lr in args.full_lrs)}.", "",
+              "## At the chosen rate", "", "| method | lr | trainable | validation | test | test - train |", "|---|---:|---:|---:|---:|---:|",
+              f"| untuned (the pretrained model) | - | 0 | {untuned['validation']:.2f} | {untuned['test']:.2f} | - |"]
+    for m in METHODS:
+        rs = [done[f"{m}_lr{best[m]:g}_seed{s}"] for s in seeds]
+        lines.append(f"| {m} | {best[m]:g} | {counts[m]:,} | {fmt([r['validation'] for r in rs], 1)} | {fmt([r['test'] for r in rs], 1)} | "
+                     f"{fmt([r['test'] - r['train'] for r in rs], 1)} |")
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def evaluate_untuned(settings: dict) -> dict[str, float]:
+    """The pretrained model's perplexity on the tuning text's validation and test splits (no step taken)."""
+    import torch
+
+    from mapscale.distributed.world import World
+    from mapscale.recipe import load_recipe
+    from mapscale.train import prepare
+    from mapscale.train.evaluate import evaluate
+
+    recipe = load_recipe(RECIPE, [*common(Path(settings["runs"]), Path(settings["text"]), "untuned"), *method_overrides("full", Path(settings["folder"]), 0)])
+    run = prepare(recipe, World(), "cpu")
+    with torch.no_grad():
+        return {split: evaluate(run.model, getattr(run.data, split), recipe, run.data.num_classes, "cpu")["perplexity"] for split in ("validation", "test")}
+
+
+if __name__ == "__main__":
+    main()
