@@ -126,3 +126,17 @@ def test_budget_power_sets_the_layout_and_trains(tmp_path):
     assert max(dims) - min(dims) <= 1 or min(dims) == min(g.numel for g in expected.groups)  # equal, or capped at a size
     with pytest.raises(ValueError, match="less than or equal to 1"):
         load_recipe("recipes/mnist_cnn2.py", ["mapping.budget_power=2"])
+
+
+# -- latent weight decay ---------------------------------------------------------------------------------------
+
+
+def test_latent_weight_decay_trains_and_pulls_the_latents_towards_the_init(tmp_path):
+    """``optim.optimizer=adamw`` with ``optim.weight_decay``: decoupled decay of every trainable tensor, here the
+    latents, which start at 0 (``offset=init``), so the decay pulls the weights back towards the target's init."""
+    _, decayed = _train(tmp_path / "decay", ["optim.optimizer=adamw", "optim.weight_decay=0.5"])
+    _, plain = _train(tmp_path / "plain", ["optim.optimizer=adamw", "optim.weight_decay=0"])
+    assert [g["weight_decay"] for g in decayed.updater.optimizer.param_groups] == [0.5]
+    assert sum(p.numel() for p in decayed.params) == 2048  # the decay adds no trainable entry
+    norm = lambda run: torch.linalg.vector_norm(run.model.generator.latents[0].detach())  # noqa: E731
+    assert norm(decayed) < norm(plain)
