@@ -1,7 +1,7 @@
 """Fine-tuning a pretrained Hugging Face model (issue 19): mapscale's fine-tune mode against peft's LoRA and VeRA
 at matched trainable counts, full fine-tuning and the untuned model for reference.
 
-    python bench/hf_finetune.py --out bench/results/hf_finetune.md        # ~30 minutes on 2 cores
+    python bench/hf_finetune.py --out bench/results/hf_finetune.md        # ~45 minutes on 2 cores
 
 1. **Pretraining.** A GPT-2 (Hugging Face's ``GPT2LMHeadModel``, ``hf:gpt2``) of 4 layers x 256 (bytes, 128
    positions) is trained from scratch, fully, on the first half (2 MB) of `bench/defaults.py`'s corpus (the
@@ -156,8 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=16384)
     parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps")
-    parser.add_argument("--lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2, 1e-1])
+    parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 1e-2, 1e-1])
     parser.add_argument("--full-lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
