@@ -131,10 +131,25 @@ def _train_export_load(kind: str, text: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(logits_without_mapscale(folder, tokens, tmp_path), expected, rtol=0, atol=1e-5)
 
 
-def test_gpt2_trains_exports_and_loads_without_mapscale(text, tmp_path):
-    _train_export_load("gpt2", text, tmp_path)
+def test_an_exported_folder_loads_with_the_runs_logits(text, tmp_path):
+    """In one process (the slow tier does it through the CLI and a process without mapscale, for 3 models)."""
+    from transformers import AutoModelForCausalLM
+
+    from mapscale.export import export_run
+    from mapscale.train import train, write_run_files
+
+    overrides = hf_overrides("gpt2", text, tmp_path, "run", "optim.max_steps=2", "data.max_examples=64", "data.test_size=8")
+    write_run_files(tmp_path / "run", load_recipe(RECIPE, overrides), None, overrides)
+    train(load_recipe(RECIPE, overrides), tmp_path / "run")
+    result = export_run(tmp_path / "run", tmp_path / "out", format="hf")
+    assert result.format == "hf (save_pretrained)" and result.step == 2 and result.file_bytes > 4 * 35_000  # 35,712 float32 values, the tied head once
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()(input_ids=tokens).logits
+    torch.testing.assert_close(loaded, mapscale_logits(tmp_path / "run", tokens), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_writes_the_runs_tokenizer_beside_the_weights(text, tmp_path):
     from transformers import AutoTokenizer
 
@@ -160,16 +175,18 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused(text, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["llama", "bert"])
-def test_llama_and_bert_train_export_and_load_without_mapscale(kind, text, tmp_path):
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_tiny_models_train_through_the_cli_export_and_load_without_mapscale(kind, text, tmp_path):
     _train_export_load(kind, text, tmp_path)
 
 
 def test_export_hf_refuses_a_target_that_is_not_a_hugging_face_model(tmp_path):
     from mapscale.export import export_run
+    from mapscale.train import train, write_run_files
 
-    run_cli("train", "recipes/mnist_cnn2.py", "optim.max_steps=1", "data.max_examples=128", "output.progress=false",
-            f"output.root={tmp_path}", "output.run_name=cnn")
+    overrides = ["optim.max_steps=1", "data.max_examples=128", "output.progress=false"]
+    write_run_files(tmp_path / "cnn", load_recipe("recipes/mnist_cnn2.py", overrides), None, overrides)
+    train(load_recipe("recipes/mnist_cnn2.py", overrides), tmp_path / "cnn")
     with pytest.raises(ValueError, match="not one"):
         export_run(tmp_path / "cnn", tmp_path / "out", format="hf")
 
