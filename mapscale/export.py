@@ -289,6 +289,7 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
     Raises ValueError for an amount outside [0, 1), an unknown ``quantize`` or ``format``, a quantised
     ``.safetensors`` or Hugging Face folder, or ``format="hf"`` for a target that is not a Hugging Face model.
     """
+    from mapscale.data import save_tokenizer
     from mapscale.targets import build_target
     from mapscale.train import load_run
 
@@ -317,7 +318,7 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
         if hf.hf_model(target) is None:
             raise ValueError(f"--format hf writes Hugging Face models; target {recipe.target.name!r} is not one (name it hf:<folder or model type>)")
         hf.export_pretrained(target, state, out)
-        _save_tokenizer(recipe, out)
+        save_tokenizer(recipe.data, out)  # the run's tokenizer beside the weights; byte text has none
         return ExportResult(out, "hf (save_pretrained)", **result)
     if quantize is None:
         metadata = {"recipe": recipe.name, "target": recipe.target.name, "step": str(checkpoint["step"])}
@@ -337,10 +338,3 @@ def export_run(run: str | Path, out: str | Path, *, prune: float | None = None, 
     how = save_torchscript(quantized, out, zero_batch)
     return ExportResult(out, f"torchscript ({how})", quantization=quantization_report(target, quantized), **result)
 
-
-def _save_tokenizer(recipe, folder: Path) -> None:
-    """The run's tokenizer beside its Hugging Face weights, when its data has one (byte text has none)."""
-    from mapscale.data import save_tokenizer
-
-    if recipe.data.name == "text":
-        save_tokenizer(recipe.data, folder)

@@ -302,9 +302,7 @@ class MappingGenerator(nn.Module):
             return out
         held, sizes = self._segments(k)
         factor = 1 + self.gains[self.pieces[k][0]]
-        if len(held) == 1:
-            return out * factor[held[0]]
-        return torch.cat([u * factor[t] for u, t in zip(out.split(sizes), held)])
+        return _joined([u * factor[t] for u, t in zip(out.split(sizes), held)])
 
     def _generate_piece(self, k: int, latent: Tensor | None = None) -> Tensor:
         held, _ = self._segments(k)

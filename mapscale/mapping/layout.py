@@ -405,6 +405,11 @@ def block_grouping(module: nn.Module) -> Callable[[str, object], str]:
     path (`repeated_blocks`) for a tensor inside one, ``"embeddings"`` for one before the first block in
     ``named_parameters`` order, ``"final"`` for one after. Usable on other modules whose tensors carry these names
     (the fine-tuning mode's elements)."""
+    return _block_grouping(module)[1]
+
+
+def _block_grouping(module: nn.Module) -> tuple[list[str], Callable[[str, object], str]]:
+    """`repeated_blocks` and `block_grouping` of ``module``, from one walk of its modules."""
     blocks = repeated_blocks(module)
     order = {name: i for i, (name, _) in enumerate(module.named_parameters(remove_duplicate=False))}
     first = min(i for name, i in order.items() if any(name.startswith(b + ".") for b in blocks))
@@ -413,26 +418,25 @@ def block_grouping(module: nn.Module) -> Callable[[str, object], str]:
         block = next((b for b in blocks if name.startswith(b + ".")), None)
         return block or ("embeddings" if order.get(name, first) < first else "final")
 
-    return group
+    return blocks, group
 
 
 def _blocks(specs: list[TensorSpec], module: nn.Module) -> dict[str, list[TensorSpec]]:
     """``"blocks"``: a group per repeated block, ``"embeddings"`` before the first, ``"final"`` after the last."""
-    group = block_grouping(module)
+    blocks, group = _block_grouping(module)
     members: dict[str, list[TensorSpec]] = {}
     for spec in specs:
         members.setdefault(group(spec.name), []).append(spec)
-    order = ["embeddings", *repeated_blocks(module), "final"]
-    return {g: members[g] for g in order if g in members}
+    return {g: members[g] for g in ["embeddings", *blocks, "final"] if g in members}
 
 
-def _assign_groups(specs: list[TensorSpec], owners, grouping: Grouping, module: nn.Module | None = None) -> dict[str, list[TensorSpec]]:
+def _assign_groups(specs: list[TensorSpec], owners, grouping: Grouping, module: nn.Module) -> dict[str, list[TensorSpec]]:
     param_of = _param_lookup(owners)
     members: dict[str, list[TensorSpec]] = {}
     if isinstance(grouping, str):
         if grouping == "slvt":
             return {SLVT_GROUP: list(specs)}
-        if grouping == "blocks" and module is not None:
+        if grouping == "blocks":
             return _blocks(specs, module)
         if grouping == "lwt":
             for spec in specs:
