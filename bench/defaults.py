@@ -50,15 +50,22 @@ GPT_ARGS = {"vocab": 256, "positions": 128, "width": 256, "layers": 4, "heads": 
 GPT_GROUPS = {"embeddings": ["wte.*", "wpe.*"], **{f"block{i}": [f"h.{i}.*"] for i in range(4)}, "ln_f": ["ln_f.*"]}
 
 
+def stdlib_sources():
+    """The standard library's ``.py`` files (site-packages left out), sorted by relative path: the benches' text."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for file in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
+        if "site-packages" not in file.parts:
+            yield file
+
+
 def corpus(folder: Path) -> Path:
-    """The standard library's ``.py`` files, sorted by relative path, concatenated up to `CORPUS_BYTES`."""
+    """The standard library's ``.py`` files (`stdlib_sources`) concatenated up to `CORPUS_BYTES`."""
     path = folder / "stdlib_corpus.txt"
     if not path.exists():
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
         chunks, size = [], 0
-        for file in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
-            if "site-packages" in file.parts or size >= CORPUS_BYTES:
-                continue
+        for file in stdlib_sources():
+            if size >= CORPUS_BYTES:
+                break
             data = file.read_bytes()
             chunks.append(data)
             size += len(data)
@@ -121,6 +128,13 @@ def family(method: str) -> str:
     return "mapping" if method.startswith("mapping-") else method
 
 
+def default_lr(method: str) -> float:
+    """The library's default rate of a bench method (``mapping-sparse`` is the mapping's)."""
+    from mapscale.methods import METHODS
+
+    return METHODS[family(method)].section.default_lr
+
+
 def run_one(job: tuple[dict, float, int, dict]) -> dict:
     """Train one case at one rate and seed in this worker; its validation, test and train scores."""
     import torch
@@ -159,13 +173,24 @@ def score(record: dict, target: str) -> float:
     return 100 * value if target != "gpt" else -value
 
 
-def run_all(jobs: list, done: dict, log: Path, settings: dict, workers: int) -> None:
-    todo = [job for job in jobs if key(job[0], job[1], job[2]) not in done]
+def run_log(runs: str | Path) -> tuple[Path, dict]:
+    """``(<runs>/runs.jsonl, {key: record} of the runs it already holds)``: what a bench resumes from."""
+    log = Path(runs) / "runs.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log, {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+
+
+def run_all(jobs: list, done: dict, log: Path, settings: dict, workers: int, runner=None, name=None) -> None:
+    """Run the ``(case, lr, seed)`` jobs not yet in ``done`` on ``workers`` processes, with ``runner((*job,
+    settings))`` (default `run_one`), appending each record to ``log`` as it finishes; ``name(job)`` is a job's
+    record key (default `key`)."""
+    runner, name = runner or run_one, name or (lambda job: key(*job))
+    todo = [job for job in jobs if name(job) not in done]
     if not todo:
         return
     print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already done)", flush=True)
     with ProcessPoolExecutor(workers) as pool, log.open("a") as out:
-        for record in pool.map(run_one, [(case, lr, seed, settings) for case, lr, seed in todo]):
+        for record in pool.map(runner, [(*job, settings) for job in todo]):
             done[record["key"]] = record
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -302,9 +327,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     settings = vars(args)
-    log = Path(args.runs) / "runs.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    log, done = run_log(args.runs)
     all_cases = cases(args)
     started = time.perf_counter()
 

@@ -14,7 +14,6 @@ runs at its default rate and, for reference, at the best rate `bench/defaults.py
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -24,17 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defaults import fmt, key, run_all  # noqa: E402  (bench/, this script's folder, is on sys.path)
-
-from mapscale.methods import METHODS  # noqa: E402
+from defaults import default_lr, fmt, key, run_all, run_log  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 GENERATED = ("mapping-sparse", "subspace", "rpg")
 FULL_BEST = {"cnn2": 1e-2, "resnet18": 1e-3, "gpt": 3e-4}  # bench/results/defaults.md, "best lr" of full training
 TRAINABLE = "trainable"
-
-
-def default_lr(method: str) -> float:
-    return METHODS["mapping" if method.startswith("mapping-") else method].section.default_lr
 
 
 def cases(args) -> list[dict]:
@@ -91,9 +84,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     settings = vars(args)
-    log = Path(args.runs) / "runs.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    log, done = run_log(args.runs)
     started = time.perf_counter()
     seeds = range(args.seeds)
     all_cases = cases(args)

@@ -24,18 +24,15 @@ import argparse
 import ast
 import json
 import math
-import statistics
 import subprocess
 import sys
-import sysconfig
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defaults import corpus, fmt  # noqa: E402  (bench/, this script's folder, is on sys.path)
+from defaults import corpus, fmt, run_all, run_log, stdlib_sources  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 RECIPE = ROOT / "recipes" / "gpt2_small_lwt.py"
 GPT = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 256, "n_positions": 128}
@@ -47,11 +44,10 @@ def docstrings(folder: Path, limit: int = 600_000) -> Path:
     """The docstrings of the standard library's modules, classes and functions (files sorted by path), up to ``limit`` bytes."""
     path = folder / "stdlib_docstrings.txt"
     if not path.exists():
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
         chunks, size = [], 0
-        for file in sorted(stdlib.rglob("*.py"), key=lambda p: p.relative_to(stdlib).as_posix()):
-            if "site-packages" in file.parts or size >= limit:
-                continue
+        for file in stdlib_sources():
+            if size >= limit:
+                break
             try:
                 tree = ast.parse(file.read_bytes())
             except (SyntaxError, ValueError):
@@ -79,8 +75,8 @@ def pretrain(runs: Path, steps: int) -> Path:
     folder = runs / "pretrained-hf"
     if (folder / "model.safetensors").exists():
         return folder
-    half = runs / "pretrain_corpus.txt"
-    half.write_bytes(corpus(runs).read_bytes()[: len(corpus(runs).read_bytes()) // 2])
+    half, text = runs / "pretrain_corpus.txt", corpus(runs).read_bytes()
+    half.write_bytes(text[: len(text) // 2])
     overrides = [*common(runs, half, "pretrain"), "target.name=hf:gpt2", f"target.args={json.dumps(GPT)}", "mapping.method=full",
                  "optim.lr=3e-4", f"optim.max_steps={steps}", "data.max_examples=100000", "output.eval_train=false"]
     for argv in (["train", str(RECIPE), *overrides], ["export", str(runs / "pretrain"), "--format", "hf", "--out", str(folder)]):
@@ -101,6 +97,12 @@ def method_overrides(method: str, folder: Path, budget: int) -> list[str]:
     return [*base, f"mapping.method={method}", f"mapping.tuned={tuned}", f"mapping.budget={budget}"]
 
 
+def run_name(job: tuple) -> str:
+    """The run directory and record key of a ``(method, lr, seed)`` job."""
+    method, lr, seed = job
+    return f"{method}_lr{lr:g}_seed{seed}"
+
+
 def run_one(job: tuple) -> dict:
     import torch
 
@@ -109,7 +111,7 @@ def run_one(job: tuple) -> dict:
 
     method, lr, seed, settings = job
     torch.set_num_threads(1)
-    runs, name = Path(settings["runs"]), f"{method}_lr{lr:g}_seed{seed}"
+    runs, name = Path(settings["runs"]), run_name((method, lr, seed))
     overrides = [*common(runs, Path(settings["text"]), name), *method_overrides(method, Path(settings["folder"]), settings["budget"]),
                  f"optim.lr={lr}", f"seed={seed}", f"optim.max_steps={settings['steps']}"]
     if method != "full":
@@ -124,19 +126,6 @@ def run_one(job: tuple) -> dict:
     except Exception as err:  # a diverged run is a result (NaN), not the end of the bench
         scores = {"validation": math.nan, "test": math.nan, "train": math.nan, "error": f"{type(err).__name__}: {err}"[:300]}
     return {"key": name, "method": method, "lr": lr, "seed": seed, **scores, "seconds": time.perf_counter() - started}
-
-
-def run_all(jobs: list, done: dict, log: Path, settings: dict, workers: int) -> None:
-    todo = [j for j in jobs if f"{j[0]}_lr{j[1]:g}_seed{j[2]}" not in done]
-    if not todo:
-        return
-    print(f"{len(todo)} runs to do", flush=True)
-    with ProcessPoolExecutor(workers) as pool, log.open("a") as out:
-        for record in pool.map(run_one, [(*j, settings) for j in todo]):
-            done[record["key"]] = record
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            print(f"  {record['key']}: val {record['validation']:.3f} test {record['test']:.3f} ({record['seconds']:.0f} s)", flush=True)
 
 
 def trainable_counts(settings: dict) -> dict[str, int]:
@@ -169,14 +158,13 @@ def main() -> None:
     started = time.perf_counter()
     folder = pretrain(runs, args.pretrain_steps)
     settings = {"runs": str(runs), "text": str(docstrings(runs)), "folder": str(folder), "budget": args.budget, "steps": args.steps}
-    log = runs / "runs.jsonl"
-    done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    log, done = run_log(runs)
     rates = {m: args.full_lrs if m == "full" else args.lrs for m in METHODS}
-    run_all([(m, lr, 0) for m in METHODS for lr in rates[m]], done, log, settings, args.workers)
+    run_all([(m, lr, 0) for m in METHODS for lr in rates[m]], done, log, settings, args.workers, run_one, run_name)
     score = lambda r: r["validation"] if r["validation"] is not None and math.isfinite(r["validation"]) else math.inf  # noqa: E731
-    best = {m: min(rates[m], key=lambda lr: score(done[f"{m}_lr{lr:g}_seed0"])) for m in METHODS}
+    best = {m: min(rates[m], key=lambda lr: score(done[run_name((m, lr, 0))])) for m in METHODS}
     seeds = range(args.seeds)
-    run_all([(m, best[m], s) for m in METHODS for s in seeds], done, log, settings, args.workers)
+    run_all([(m, best[m], s) for m in METHODS for s in seeds], done, log, settings, args.workers, run_one, run_name)
     counts = trainable_counts(settings)
     untuned = evaluate_untuned(settings)
     lines = [
@@ -190,13 +178,13 @@ def main() -> None:
         "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |", "|---|" + "---:|" * len(args.lrs),
     ]
     for m in METHODS:
-        cells = [fmt([done[f"{m}_lr{lr:g}_seed0"]["validation"]], 1) + (" *" if lr == best[m] else "") for lr in rates[m]]
+        cells = [fmt([done[run_name((m, lr, 0))]["validation"]], 1) + (" *" if lr == best[m] else "") for lr in rates[m]]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"Full fine-tuning's rates, in the same columns: {', '.join(f'{lr:g}' for lr in args.full_lrs)}.", "",
               "## At the chosen rate", "", "| method | lr | trainable | validation | test | test - train |", "|---|---:|---:|---:|---:|---:|",
               f"| untuned (the pretrained model) | - | 0 | {untuned['validation']:.2f} | {untuned['test']:.2f} | - |"]
     for m in METHODS:
-        rs = [done[f"{m}_lr{best[m]:g}_seed{s}"] for s in seeds]
+        rs = [done[run_name((m, best[m], s))] for s in seeds]
         lines.append(f"| {m} | {best[m]:g} | {counts[m]:,} | {fmt([r['validation'] for r in rs], 1)} | {fmt([r['test'] for r in rs], 1)} | "
                      f"{fmt([r['test'] - r['train'] for r in rs], 1)} |")
     Path(args.out).write_text("\n".join(lines) + "\n")

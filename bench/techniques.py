@@ -14,7 +14,6 @@ spread over the seeds) and the change in validation accuracy from the same metho
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,9 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defaults import fmt, key, run_all  # noqa: E402  (bench/, this script's folder, is on sys.path)
-
-from mapscale.methods import METHODS  # noqa: E402
+from defaults import default_lr, fmt, key, run_all, run_log  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 GENERATED = ("mapping-sparse", "subspace", "rpg")
 EVERY = (*GENERATED, "full")
@@ -76,10 +73,6 @@ def cases_of(name: str, budget: int = 2048) -> list[dict]:
     return out
 
 
-def default_lr(method: str) -> float:
-    return METHODS["mapping" if method.startswith("mapping-") else method].section.default_lr
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=list(TECHNIQUES))
@@ -90,9 +83,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     settings = {"epochs": args.epochs, "resnet_epochs": 1, "gpt_steps": 100, "runs": args.runs}
-    log = Path(args.runs) / "runs.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    log, done = run_log(args.runs)
     started = time.perf_counter()
     names = ["off", *[t for t in args.techniques if t != "off"]]
     cases = [c for name in names for c in cases_of(name)]
