@@ -68,6 +68,26 @@ def _checked(call, world, errors=USER_ERRORS):
         return None
 
 
+_FAILED = object()
+
+
+def _agreed(world, call):
+    """``call()`` on rank 0, its result on every rank; `_FAILED` on every rank (rank 0 printing the message)
+    when it raised a bad-input error. For what one process must decide for all (what is on disk)."""
+    outcome = None
+    if world.is_main:
+        try:
+            outcome = ("ok", call())
+        except USER_ERRORS as err:
+            outcome = ("error", str(err))
+    outcome = world.broadcast_object(outcome)
+    if outcome[0] == "error":
+        if world.is_main:
+            _error(outcome[1])
+        return _FAILED
+    return outcome[1]
+
+
 def _load(recipe_path: Path, overrides: list[str] | None):
     from mapscale.recipe import RecipeError, load_recipe
 
@@ -94,7 +114,10 @@ def train(
     """
     from mapscale.distributed.world import World
     from mapscale.recipe import RecipeError
-    from mapscale.train import new_run_dir, prepare, train as run_training, write_run_files
+    from mapscale.train import CHECKPOINT, new_run_dir, prepare, train as run_training, write_run_files
+    from mapscale.train.log import METRICS
+    from mapscale.train.loop import RESULT
+    from mapscale.train.rundir import continued_run_dir
 
     recipe = _load(recipe_path, overrides)
     if print_config:
@@ -116,13 +139,23 @@ def train(
     # Under torchrun / deepspeed every rank runs this command; rank 0 alone names and writes the run directory.
     world = World.start(recipe.distributed.backend, device)
     out = console if world.is_main else Console(quiet=True)
-    result, code = None, 2
+    result, code, run = None, 2, None
     try:
-        # Bad input fails here, before a run directory exists: nothing is left behind.
-        run = _checked(lambda: prepare(recipe, world, device, out, warm_start=not resume), world)
+        # output.resume='auto': the run directory an earlier attempt of this recipe began (rank 0 looks, all agree).
+        continued = None if resume else _agreed(world, lambda: continued_run_dir(recipe, world.restart))
+        if continued is not _FAILED:
+            if continued is not None:
+                run_dir, resume = continued, (continued / CHECKPOINT).exists()
+                out.print(f"output.resume='auto': continuing {run_dir}" + ("" if resume else " from step 0 (it has no checkpoint yet)"))
+            elif world.restart and recipe.output.resume != "auto":
+                out.print(f"note: torchrun restarted this job (attempt {world.restart + 1}) and output.resume='never' starts a new run; set output.resume=auto to continue")
+            # Bad input fails here, before a run directory exists: nothing is left behind.
+            run = _checked(lambda: prepare(recipe, world, device, out, warm_start=not resume), world)
         if run is not None and not resume:
-            run_dir = world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
+            run_dir = continued or world.broadcast_object(new_run_dir(recipe) if world.is_main else None)
             if world.is_main:
+                for stale in (METRICS, RESULT):  # what an attempt that never checkpointed wrote
+                    (run_dir / stale).unlink(missing_ok=True)
                 write_run_files(run_dir, recipe, recipe_path if recipe_path.suffix == ".py" else None, overrides or [])
         if run is not None:
             out.print(f"run directory: {run_dir}" + (f" ({world.size} ranks)" if world.distributed else ""))
@@ -230,6 +263,7 @@ def launch(
     hostfile: Annotated[Optional[str], typer.Option("--hostfile", help="DeepSpeed hostfile ('host slots=N' lines; see launch/hostfile.example).")] = None,
     launcher: Annotated[str, typer.Option("--launcher", help="torchrun or deepspeed.")] = "torchrun",
     deepspeed_config: Annotated[Optional[str], typer.Option("--deepspeed-config", help="A DeepSpeed JSON config (e.g. launch/ds_zero1_bf16.json): adds distributed.deepspeed=PATH.")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="torchrun restarts the ranks up to N times when one fails, and they continue the run from its last checkpoint (adds output.resume=auto).", min=0)] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and exit without running it.")] = False,
 ) -> None:
     """Print and run the torchrun or deepspeed command that trains RECIPE on many ranks
@@ -244,6 +278,7 @@ def launch(
         argv = launch_command(
             recipe_path, overrides or [], nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
             master_port=master_port, hostfile=hostfile, launcher=launcher, deepspeed_config=deepspeed_config,
+            max_restarts=max_restarts,
         )
         # The recipe and the world size are checked here, once, rather than on every rank after the launch.
         recipe_overrides = [o for o in overrides or [] if "=" in o and not o.startswith("-")]  # not the options after --

@@ -27,9 +27,10 @@ class HFTarget(nn.Module):
     """A ``transformers`` model as a target: ``forward(input_ids (B, T) int64) -> logits`` (``(B, T, vocab)``
     for a causal LM, ``(B, labels)`` for a classifier). ``model`` is the wrapped ``PreTrainedModel``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, build_note: str | None = None) -> None:
         super().__init__()
         self.model = model
+        self.build_note = build_note  # one line the trainer prints about how it was built (None: nothing to say)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids).logits
@@ -66,8 +67,10 @@ def build(spec: str, args: dict, task: str) -> HFTarget:
         _fit_heads(config, task)
         if torch.get_default_device().type == "meta":  # shapes only (mapscale inspect): no weights to read
             return HFTarget(auto.from_config(config))
-        model = auto.from_pretrained(folder, config=config, local_files_only=True)
-        return HFTarget(model)
+        weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+        if not weights:  # a config alone: the architecture, initialised afresh from the global RNG (seeded), as hf:<type>
+            return HFTarget(auto.from_config(config), f"hf:{spec} holds a config.json and no weights ({', '.join(WEIGHT_FILES[::2])}): a fresh, seeded init of that config")
+        return HFTarget(_pretrained(auto, folder, config, weights[0], spec))
     types = sorted(transformers.CONFIG_MAPPING.keys())
     if spec not in types:
         import difflib
@@ -81,6 +84,24 @@ def build(spec: str, args: dict, task: str) -> HFTarget:
             setattr(config, field, None)
     _fit_heads(config, task)
     return HFTarget(auto.from_config(config))
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _pretrained(auto, folder: Path, config, weights: Path, spec: str) -> nn.Module:
+    """``auto.from_pretrained(folder)``, with an unreadable or partial weights file refused in one line naming it
+    (transformers would otherwise fill missing base-model weights with a random init and say nothing)."""
+    try:
+        model, info = auto.from_pretrained(folder, config=config, local_files_only=True, output_loading_info=True)
+    except Exception as err:  # a truncated or foreign file: torch, safetensors and transformers raise their own types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"hf:{spec}: cannot read the weights in {weights} ({type(err).__name__}: {reason})") from None
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = [k for k in info.get("missing_keys", []) if prefix and k.startswith(prefix + ".")]  # a new head is expected
+    if missing:
+        raise ValueError(f"hf:{spec}: {weights} holds only part of the model: {len(missing)} base-model tensors missing, e.g. {missing[:3]}")
+    return model
 
 
 def _fit_heads(config, task: str) -> None:

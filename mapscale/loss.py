@@ -203,7 +203,7 @@ class MappingLoss(nn.Module):
         if inputs is None or rng is None:
             raise ValueError("the stability term needs the step's inputs and the random state captured before its forward (capture_rng)")
         noise = self._noise(step, "stability")
-        latents = [z + self.stability_eps * torch.randn(z.shape, generator=noise).to(z.device) for z in model.generator.latents]
+        latents = [z + self.stability_eps * torch.randn(z.shape, generator=noise, dtype=z.dtype).to(z.device) for z in model.generator.latents]
         perturbed_output = model.forward_aside(latents, inputs, rng=rng)
         pairs = list(zip(tree_leaves(perturbed_output), tree_leaves(output)))
         diffs = [F.mse_loss(p, c) for p, c in pairs if isinstance(c, Tensor) and c.is_floating_point()]

@@ -45,7 +45,8 @@ class Metrics:
 
     @torch.no_grad()
     def update(self, output: Tensor, target: Tensor) -> None:
-        output, target = output.detach().float().cpu(), target.detach().cpu()
+        output, target = output.detach().cpu(), target.detach().cpu()
+        output = output if output.dtype == torch.float64 else output.float()  # fp64 runs keep float64
         if self.task == "language_modeling":  # (B, T, V) next-token logits against (B, T) ids: one example per token
             output, target = output.flatten(0, -2), target.flatten()
         if self.task in ("classification", "language_modeling"):
@@ -56,7 +57,7 @@ class Metrics:
                 self.scores.append(output.softmax(1)[:, 1])
                 self.labels.append(target.flatten())
         elif self.task == "regression":
-            self.squared_error += (output.reshape(target.shape) - target.float()).pow(2).sum().item()
+            self.squared_error += (output.reshape(target.shape) - target.to(output.dtype)).pow(2).sum().item()
             self.count += target.numel()
         else:
             predicted, target = output.argmax(1).flatten(), target.flatten()

@@ -230,8 +230,12 @@ class OptimSection(Section):
     config's ``gradient_accumulation_steps``."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm of the trainable tensors at this value."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Autocast precision of the target's forward."""
+    precision: Literal["fp32", "bf16", "fp64"] = "fp32"
+    """``fp32``; ``bf16``: autocast of the target's forward; ``fp64``: the whole run in float64 (target, fixed state,
+    trainable tensors, inputs, logged values), for reference runs whose numbers must not depend on the machine:
+    float32 results move by ~1e-7 relative with the CPU's kernels and thread count, and a few steps of training
+    amplify that (``tests/test_pinned.py``, which runs in fp64). About twice the time of fp32 on a CPU; plain
+    PyTorch steps only (DeepSpeed's engine trains fp32, bf16 or fp16)."""
 
 
 class DistributedSection(Section):
@@ -296,6 +300,13 @@ class OutputSection(Section):
     """Folder holding run directories."""
     run_name: str | None = None
     """Run directory name (default: the recipe name and a timestamp)."""
+    resume: Literal["never", "auto"] = "never"
+    """``never``: every invocation starts a new run directory (a taken ``run_name`` gets a ``-2`` suffix).
+    ``auto``: continue a run this same recipe already began, from its last checkpoint: the directory ``run_name``
+    names, or, in workers torchrun restarted (``--max-restarts``), the directory this torchrun job's first attempt
+    created; a new directory when there is none. A directory holding another recipe is refused, never overwritten.
+    ``mapscale launch --max-restarts N`` sets it. Off by default: running a command twice should not silently
+    continue (or mix with) an older run."""
     eval_every: int = Field(0, ge=0)
     """Evaluate every this many steps (0: at the end of each epoch)."""
     eval_train: bool = True
@@ -330,6 +341,12 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _loss_terms_fit_the_method(self) -> Recipe:
         self.mapping.check_loss(self.loss)
+        return self
+
+    @model_validator(mode="after")
+    def _fp64_without_deepspeed(self) -> Recipe:
+        if self.optim.precision == "fp64" and self.distributed.deepspeed is not None:
+            raise ValueError("optim.precision='fp64' runs plain PyTorch steps; DeepSpeed's engine trains fp32, bf16 or fp16: drop distributed.deepspeed or use fp32")
         return self
 
     @property

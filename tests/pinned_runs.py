@@ -2,7 +2,13 @@
 
 ``python tests/pinned_runs.py record [CASE ...]`` trains the cases and writes their numbers; the tests in
 ``tests/test_pinned.py`` train them again and compare. Every numeric field of every ``metrics.jsonl`` record is
-pinned except wall-clock ones (``samples_per_s``, ``seconds_*``).
+pinned except wall-clock ones (``samples_per_s``, ``seconds_*``). The runs are float64 (the pinned recipe's
+``optim.precision='fp64'``), so that their numbers are the same on every CPU and thread count up to float64
+rounding: ``bench/pinned_tolerance.py`` measures how far apart they land and sets the tests' tolerance.
+
+``python tests/pinned_runs.py run OUT.json [CASE ...] [--no-onednn] [-- OVERRIDE ...]`` trains the cases in this
+process (its thread count and ``ATEN_CPU_CAPABILITY`` from the environment) and writes their records to
+``OUT.json`` without touching the pins: what the tolerance bench compares across configurations.
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ def pretrained_weights(folder: Path) -> Path:
     path = folder / "cnn2_pretrained.pt"
     if not path.exists():
         torch.manual_seed(1234)
-        torch.save(cnn2().state_dict(), path)
+        torch.set_default_dtype(torch.float64)  # a float64 draw is the same on every CPU (a float32 one is not)
+        try:
+            torch.save(cnn2().state_dict(), path)
+        finally:
+            torch.set_default_dtype(torch.float32)
     return path
 
 
@@ -71,22 +81,22 @@ def pinned_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def run_case(name: str, folder: Path) -> list[dict]:
+def run_case(name: str, folder: Path, extra: list[str] = ()) -> list[dict]:
     from mapscale.recipe import load_recipe
     from mapscale.train import train
 
-    recipe = load_recipe(RECIPE, case_overrides(name, folder))
+    recipe = load_recipe(RECIPE, [*case_overrides(name, folder), *extra])
     run_dir = folder / name
     run_dir.mkdir(parents=True, exist_ok=True)
     train(recipe, run_dir)
     return pinned_records(run_dir)
 
 
-def run_torchrun_case(name: str, folder: Path) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_torchrun_case(name: str, folder: Path, extra: list[str] = ()) -> list[dict]:
+    env = {"OMP_NUM_THREADS": "1", **os.environ}  # one thread per rank unless the caller chose
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mapscale.cli", "train", str(RECIPE), *case_overrides(name, folder)]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mapscale.cli", "train", str(RECIPE), *case_overrides(name, folder), *extra]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
@@ -102,10 +112,29 @@ def record(names: list[str], folder: Path) -> None:
     PINNED.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
 
 
+def run(out: Path, names: list[str], extra: list[str], folder: Path) -> None:
+    """Train ``names`` with ``extra`` overrides after each case's own and write ``{case: records}`` to ``out``."""
+    records = {}
+    for name in names:
+        records[name] = run_torchrun_case(name, folder, extra) if name in TORCHRUN_CASES else run_case(name, folder, extra)
+    out.write_text(json.dumps(records) + "\n")
+
+
+USAGE = "usage: python tests/pinned_runs.py record [CASE ...] | run OUT.json [CASE ...] [--no-onednn] [-- OVERRIDE ...]"
+
 if __name__ == "__main__":
     import tempfile
 
-    if sys.argv[1:2] != ["record"]:
-        sys.exit("usage: python tests/pinned_runs.py record [CASE ...]")
+    command, args = sys.argv[1:2], sys.argv[2:]
+    extra = args[args.index("--") + 1 :] if "--" in args else []
+    args = args[: args.index("--")] if "--" in args else args
+    if "--no-onednn" in args:  # oneDNN (mkldnn) convolutions off: ATen's own kernels
+        torch.backends.mkldnn.enabled = False
+        args.remove("--no-onednn")
     with tempfile.TemporaryDirectory() as tmp:
-        record(sys.argv[2:] or [*CASES, *TORCHRUN_CASES], Path(tmp))
+        if command == ["record"] and not extra:
+            record(args or [*CASES, *TORCHRUN_CASES], Path(tmp))
+        elif command == ["run"] and args:
+            run(Path(args[0]), args[1:] or [*CASES, *TORCHRUN_CASES], extra, Path(tmp))
+        else:
+            sys.exit(USAGE)

@@ -68,6 +68,11 @@ CASES = [
     ("launch on a world the batch does not fit", ["launch", "{recipe}", "--nproc", "4", "optim.batch_size=2", "--dry-run"], "smaller than 4 ranks"),
     ("report of a folder that is not a run", ["report", "{tmp}/folder", "--out", "{tmp}/report"], "folder"),
     ("space of folders that are not runs", ["space", "{tmp}/folder", "{tmp}/norun"], "no checkpoint at"),
+    ("sharding units that match no tensor", ["train", "{recipe}", 'distributed.units=["no_such_unit"]'], "distributed.units ['no_such_unit'] match no tensor of cnn2"),
+    ("auto-resume into another recipe's run", ["train", "{recipe}", "output.resume=auto", "output.root={tmp}", "output.run_name=norun"], "holds another recipe"),
+    ("auto-resume into a folder that is not a run", ["train", "{recipe}", "output.resume=auto", "output.root={tmp}", "output.run_name=folder"], "is not a run directory"),
+    ("launch with restarts under deepspeed", ["launch", "{recipe}", "--nproc", "2", "--launcher", "deepspeed", "--max-restarts", "1", "--dry-run"], "does not restart failed ranks"),
+    ("fp64 under DeepSpeed", ["train", "{recipe}", "optim.precision=fp64", "distributed.deepspeed={{}}"], "optim.precision='fp64' runs plain PyTorch steps"),
 ]
 
 
@@ -99,6 +104,7 @@ def test_bad_input_ends_with_one_line_and_exit_code_2(name, argv, message, tmp):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
     assert message in lines[0], lines[0]
     assert not runs.exists() or not any(runs.iterdir()), "a run directory was left behind"
+    assert sorted(p.name for p in (tmp / "norun").iterdir()) == ["recipe.json"] and not any((tmp / "folder").iterdir()), "an existing folder was written to"
 
 
 CRASHING = """

@@ -9,6 +9,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # the ranks are spawned processes: they
 
 import distributed as bench  # noqa: E402
 import pytest
+from tolerance import assert_close
 
 pytestmark = pytest.mark.distributed  # several local processes (gloo): `pytest -m distributed`
 
@@ -27,4 +28,4 @@ def test_distributed_bench_quick(capsys, tmp_path):
     assert all(r["mapping_bytes"] <= 0.6 * single["mapping_bytes"] for r in ranks)
     reference = single["series"][1]["losses"][0]  # one process on one thread: the ranks' summation order
     sharded = ranks[0]["series"][1]["losses"][0]
-    assert abs(sharded - reference) <= 1e-5 * abs(reference)
+    assert_close(sharded, reference, rtol=1e-5, what="first loss")

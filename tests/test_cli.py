@@ -215,3 +215,36 @@ def test_sigterm_stops_with_a_checkpoint_and_the_run_resumes(tiny, tmp_path):
     assert logged == state["step"], "the checkpoint holds every logged step"
     resumed = invoke("train", tmp_path / "runs" / "preempted", "--resume", "--stop-after", "2")
     assert resumed.exit_code == 0 and f"at step {state['step']}/180" in resumed.output
+
+
+def test_resume_auto_continues_the_named_run_and_refuses_another_recipe(tiny, tmp_path):
+    """output.resume=auto: the same command run again continues its run directory from the last checkpoint (as a
+    restarted torchrun job does) with the losses of an uninterrupted run; never a second directory or an overwrite."""
+    straight = invoke("train", tiny, "output.run_name=straight")
+    assert straight.exit_code == 0, straight.output
+    first = invoke("train", tiny, "output.run_name=auto", "output.resume=auto", "--stop-after", "5")
+    assert first.exit_code == 0 and "continuing" not in first.output, first.output
+    again = invoke("train", tiny, "output.run_name=auto", "output.resume=auto")
+    assert again.exit_code == 0, again.output
+    assert "output.resume='auto': continuing" in again.output and "at step 5/12" in again.output
+    assert losses(tmp_path / "runs" / "auto") == losses(tmp_path / "runs" / "straight")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["auto", "straight"]
+    finished = invoke("train", tiny, "output.run_name=auto", "output.resume=auto")  # nothing left to do
+    assert finished.exit_code == 0 and "nothing to continue" in finished.output, finished.output
+    assert losses(tmp_path / "runs" / "auto") == losses(tmp_path / "runs" / "straight")
+
+    other = invoke("train", tiny, "output.run_name=auto", "output.resume=auto", "optim.lr=0.01")
+    assert other.exit_code == 2 and "holds another recipe (optim.lr: 0.05 there, 0.01 here)" in other.output, other.output
+    assert losses(tmp_path / "runs" / "auto") == losses(tmp_path / "runs" / "straight")  # untouched
+    default = invoke("train", tiny, "output.run_name=auto")  # output.resume=never: a new directory, as before
+    assert default.exit_code == 0 and (tmp_path / "runs" / "auto-2").is_dir()
+
+
+def test_resume_auto_restarts_a_run_that_died_before_its_first_checkpoint(tiny, tmp_path):
+    run_dir = tmp_path / "runs" / "early"
+    first = invoke("train", tiny, "output.run_name=early", "output.resume=auto", "--stop-after", "3")
+    assert first.exit_code == 0
+    (run_dir / "checkpoint.pt").unlink()  # as if killed before any checkpoint: metrics of steps 1-3 only
+    again = invoke("train", tiny, "output.run_name=early", "output.resume=auto")
+    assert again.exit_code == 0 and "from step 0 (it has no checkpoint yet)" in again.output, again.output
+    assert sorted(losses(run_dir)) == list(range(1, 13))  # the partial log replaced, not appended to

@@ -4,6 +4,7 @@ import warnings
 
 import torch
 from distributed_helpers import run_ranks
+from tolerance import assert_close
 
 from mapscale.distributed.collectives import gather_rows
 import pytest
@@ -36,7 +37,7 @@ def test_gather_forward_is_the_concatenation_and_backward_sums_every_ranks_gradi
         assert torch.equal(gathered, full_rows())
         # The summed loss over ranks: d/d(row) = sum of every rank's weight on that row.
         expected = (rank_weights(0) + rank_weights(1))[rank * CHUNK : (rank + 1) * CHUNK]
-        torch.testing.assert_close(grad, expected, rtol=0, atol=1e-6)
+        assert_close(grad, expected, rtol=0, atol=1e-6, what="gradient")
 
 
 def world_of(rank: int, world_size: int):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tolerance import assert_close
 
 pytest.importorskip("transformers")
 
@@ -226,14 +227,14 @@ def test_torchrun_two_ranks_train_a_hugging_face_target_like_one_process(text, t
     train(load_recipe(RECIPE, single), tmp_path / "one")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mapscale.cli", "train", str(RECIPE),
-                           *hf_overrides("llama", text, tmp_path, "two", *common)], capture_output=True, text=True, timeout=600, env={**env, "OMP_NUM_THREADS": "1"})
+                           *hf_overrides("llama", text, tmp_path, "two", *common)], capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", **env})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     def losses(run: str) -> list[float]:
         return [r["task"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
 
     assert len(losses("one")) == 5 and len(set(losses("one"))) == 5
-    torch.testing.assert_close(losses("two"), losses("one"), rtol=1e-5, atol=0)
+    assert_close(losses("two"), losses("one"), rtol=1e-5, what="losses")
 
 
 def test_eval_train_false_skips_the_final_pass_over_the_training_split(tmp_path):
@@ -246,3 +247,60 @@ def test_eval_train_false_skips_the_final_pass_over_the_training_split(tmp_path)
         result = train(recipe, tmp_path / flag)
         splits = [json.loads(line)["split"] for line in (tmp_path / flag / "metrics.jsonl").read_text().splitlines()]
         assert ("train-eval" in splits) == expected and bool(result.final_train) == expected and result.final
+
+
+# -- local folders without (whole) weights ------------------------------------------------------------------------
+
+
+def _folder_overrides(folder: Path, text: Path, root: Path, name: str) -> list[str]:
+    overrides = hf_overrides("gpt2", text, root, name, "optim.max_steps=3", "data.max_examples=64", "data.test_size=8")
+    return [f"target.name=hf:{folder}", *[o for o in overrides if not o.startswith(("target.name=", "target.args="))]]
+
+
+def _train_cli(overrides: list[str]):
+    from typer.testing import CliRunner
+
+    from mapscale.cli import app
+
+    return CliRunner().invoke(app, ["train", str(RECIPE), *overrides])
+
+
+def test_a_config_only_folder_trains_from_the_seeded_init_of_its_config_and_says_so(text, tmp_path):
+    """hf:<folder> with a config.json and no weights: the fresh init hf:<model type> gives for the same config."""
+    from transformers import AutoConfig
+
+    folder = tmp_path / "config-only"
+    AutoConfig.for_model("gpt2", **CONFIGS["gpt2"]).save_pretrained(folder)
+    done = _train_cli(_folder_overrides(folder, text, tmp_path, "folder"))
+    assert done.exit_code == 0, done.output
+    assert "holds a config.json and no weights" in " ".join(done.output.split()) and "Traceback" not in done.output
+    by_type = _train_cli(hf_overrides("gpt2", text, tmp_path, "type", "optim.max_steps=3", "data.max_examples=64", "data.test_size=8"))
+    assert by_type.exit_code == 0, by_type.output
+
+    def losses(run: str) -> list[float]:
+        return [r["task"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+    assert len(losses("folder")) == 3 and losses("folder") == losses("type")
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "partial"])
+def test_a_folder_with_unreadable_or_partial_weights_is_one_line_naming_the_file(damage, text, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "pretrained"
+    torch.manual_seed(0)
+    build_target("hf:gpt2", CONFIGS["gpt2"], task="language_modeling").model.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    if damage == "unreadable":
+        weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    else:
+        state = load_file(weights)
+        save_file({k: v for k, v in state.items() if ".h.1." not in k}, weights, metadata={"format": "pt"})  # one block short
+    done = _train_cli(_folder_overrides(folder, text, tmp_path / "runs", "run"))
+    assert done.exit_code == 2, done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.output, done.output
+    message = " ".join(done.output.split())
+    assert str(weights) in message.replace(" ", "") or str(weights) in message, message
+    assert ("cannot read the weights" if damage == "unreadable" else "holds only part of the model") in message
+    assert not (tmp_path / "runs").exists()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import LSTMRegressor, SmallCNN, TiedLM
 from distributed_helpers import run_ranks
+from tolerance import assert_close
 
 import mapscale
 from mapscale.distributed import ShardPlan, World, part_of, shard
@@ -68,15 +69,15 @@ def test_two_ranks_generate_the_single_process_weights(factory, grouping, units,
     for out, row_means, jacobian, _ in results:
         assert out.keys() == expected.keys()
         for name in expected:
-            torch.testing.assert_close(out[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+            assert_close(out[name], expected[name], rtol=1e-5, atol=1e-6, what=name)
         for i, means in enumerate(row_means):
-            torch.testing.assert_close(means, single.generator.modulated_row_means(i).detach(), rtol=1e-5, atol=1e-7)
+            assert_close(means, single.generator.modulated_row_means(i).detach(), rtol=1e-5, atol=1e-7, what=f"row means {i}")
         if options.get("activation", "identity") == "identity":
             for i, norm in enumerate(jacobian):
                 reference = single.generator.jacobian_sq_norm(i)
                 assert (norm is None) == (reference is None)  # None: the operator has no exact norm (Hutchinson)
                 if reference is not None:
-                    torch.testing.assert_close(norm, reference, rtol=1e-5, atol=0)
+                    assert_close(norm, reference, rtol=1e-5, what=f"jacobian {i}")
     held = [r[3] for r in results]
     if options.get("operator", "dense") != "dense":
         assert max(held) <= single.fixed_bytes()  # what a never-stored operator keeps is not split by rows
@@ -133,11 +134,11 @@ def test_per_unit_gather_matches_whole_gather_with_lower_peak_memory():
     whole = run_ranks(train_steps_on_rank, 2, False)
     per_unit = run_ranks(train_steps_on_rank, 2, True)
     for (losses_w, latents_w, buffers_w, peak_w), (losses_u, latents_u, buffers_u, peak_u) in zip(whole, per_unit):
-        torch.testing.assert_close(losses_u, losses_w, rtol=1e-5, atol=0)
-        for a, b in zip(latents_u, latents_w):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert_close(losses_u, losses_w, rtol=1e-5, what="losses")
+        for i, (a, b) in enumerate(zip(latents_u, latents_w)):
+            assert_close(a, b, rtol=1e-5, atol=1e-7, what=f"latent {i}")
         for name in buffers_w:  # BatchNorm statistics updated once per step, not again by recomputation
-            torch.testing.assert_close(buffers_u[name], buffers_w[name], rtol=1e-5, atol=1e-7, msg=name)
+            assert_close(buffers_u[name], buffers_w[name], rtol=1e-5, atol=1e-7, what=name)
         # Whole gather holds every unit at once; per-unit holds one at a time: at peak the largest, fc
         # (4,010 of the 5,306 values), in forward and again when backward regenerates it.
         units = {name: sum(p.numel() for p in module.parameters()) for name, module in SmallCNN().named_children()}
@@ -154,6 +155,6 @@ def test_per_unit_gathering_in_one_process_equals_the_plain_model():
         model.train()
         torch.nn.functional.cross_entropy(model(inputs), torch.arange(6)).backward()
     for a, b in zip(plain.generator.latents, per_unit.generator.latents, strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-8)
+        assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-8, what="latent gradient")
     for (name, a), (_, b) in zip(plain.target.named_buffers(), per_unit.target.named_buffers()):
         torch.testing.assert_close(b, a, msg=name)  # BatchNorm statistics updated once

@@ -35,6 +35,7 @@ def launch_command(
     hostfile: str | None = None,
     launcher: Launcher = "torchrun",
     deepspeed_config: str | None = None,
+    max_restarts: int = 0,
 ) -> list[str]:
     """The argv that starts ``mapscale train RECIPE OVERRIDES...`` on ``nproc`` ranks per node.
 
@@ -47,28 +48,20 @@ def launch_command(
     ``deepspeed_config`` adds the override ``distributed.deepspeed=PATH`` under either launcher: the
     recipe's ``distributed.deepspeed`` field, not the launcher, decides whether DeepSpeed's engine runs.
     Paths are kept as given; relative ones are read by every rank from the directory it starts in.
+
+    ``max_restarts`` > 0 (torchrun only): torchrun restarts the worker group up to that many times when a rank
+    fails, and the override ``output.resume=auto`` makes the restarted workers continue the run from its last
+    checkpoint (`mapscale.train.rundir.continued_run_dir`). DeepSpeed's launcher restarts nothing.
     Raises ValueError, with the offending values, on an impossible request.
     """
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
-    if nproc < 1:
-        raise ValueError(f"nproc {nproc} must be at least 1 process per node")
-    if nnodes < 1:
-        raise ValueError(f"nnodes {nnodes} must be at least 1")
-    if node_rank is not None and not 0 <= node_rank < nnodes:
-        raise ValueError(f"node rank {node_rank} is outside 0..{nnodes - 1} for {nnodes} node(s)")
-    if not 1 <= master_port <= 65535:
-        raise ValueError(f"master port {master_port} is outside 1..65535")
-    if not Path(recipe).exists():
-        raise ValueError(f"recipe {recipe} does not exist (a recipe .py, a recipe.json or a run directory)")
-    if hostfile is not None and not Path(hostfile).is_file():
-        raise ValueError(f"hostfile {hostfile} does not exist (see launch/hostfile.example)")
-    if deepspeed_config is not None and not Path(deepspeed_config).is_file():
-        raise ValueError(f"DeepSpeed config {deepspeed_config} does not exist (see launch/ds_zero1_bf16.json)")
+    _check_request(recipe, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_port=master_port, hostfile=hostfile,
+                   launcher=launcher, deepspeed_config=deepspeed_config, max_restarts=max_restarts)
 
     train = ["mapscale.cli", "train", recipe, *overrides]
     if deepspeed_config is not None:
         train.append(f"distributed.deepspeed={deepspeed_config}")
+    if max_restarts and "--resume" not in overrides:  # (a restarted `train RUN_DIR --resume` continues already)
+        train.append("output.resume=auto")  # restarted workers continue the run instead of starting another
 
     if launcher == "torchrun":
         if hostfile is not None:
@@ -77,6 +70,8 @@ def launch_command(
                 "give each node its --node-rank and the --master-addr of node 0"
             )
         argv = ["torchrun", "--nproc-per-node", str(nproc)]
+        if max_restarts:
+            argv += ["--max-restarts", str(max_restarts)]
         if nnodes > 1:
             missing = [flag for flag, value in (("node_rank (--node-rank)", node_rank), ("master_addr (--master-addr)", master_addr)) if value is None]
             if missing:
@@ -112,6 +107,34 @@ def launch_command(
         argv += ["--master_port", str(master_port)]
     # --no_local_rank: DeepSpeed would otherwise put --local_rank=N before the Typer subcommand.
     return [*argv, "--no_local_rank", "--module", *train]
+
+
+def _check_request(recipe: str, *, nproc: int, nnodes: int, node_rank: int | None, master_port: int, hostfile: str | None,
+                   launcher: str, deepspeed_config: str | None, max_restarts: int) -> None:
+    """Refuse an impossible `launch_command` request with the offending values (ValueError)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if nproc < 1:
+        raise ValueError(f"nproc {nproc} must be at least 1 process per node")
+    if nnodes < 1:
+        raise ValueError(f"nnodes {nnodes} must be at least 1")
+    if node_rank is not None and not 0 <= node_rank < nnodes:
+        raise ValueError(f"node rank {node_rank} is outside 0..{nnodes - 1} for {nnodes} node(s)")
+    if not 1 <= master_port <= 65535:
+        raise ValueError(f"master port {master_port} is outside 1..65535")
+    if not Path(recipe).exists():
+        raise ValueError(f"recipe {recipe} does not exist (a recipe .py, a recipe.json or a run directory)")
+    if hostfile is not None and not Path(hostfile).is_file():
+        raise ValueError(f"hostfile {hostfile} does not exist (see launch/hostfile.example)")
+    if deepspeed_config is not None and not Path(deepspeed_config).is_file():
+        raise ValueError(f"DeepSpeed config {deepspeed_config} does not exist (see launch/ds_zero1_bf16.json)")
+    if max_restarts < 0:
+        raise ValueError(f"max restarts {max_restarts} must be at least 0")
+    if max_restarts and launcher == "deepspeed":
+        raise ValueError(
+            "the deepspeed launcher does not restart failed ranks (it has no --max-restarts); use --launcher torchrun, "
+            "which restarts them while DeepSpeed's engine still trains (--deepspeed-config works under torchrun too)"
+        )
 
 
 def format_command(argv: list[str]) -> str:

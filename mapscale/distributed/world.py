@@ -13,6 +13,27 @@ import torch
 import torch.distributed as dist
 
 
+def attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun's agent store, a client of it whose keys are this attempt's alone; None elsewhere (torch's
+    own ``env://`` rendezvous then applies).
+
+    Since torch 2.5 (pytorch/pytorch#128096) torchrun's agent hosts one TCPStore for every attempt of a job, and
+    ``init_process_group("env://")`` connects to it (``torch.distributed.rendezvous._create_c10d_store``, "we create
+    a new TCPStore for every retry so no need to add prefix for each attempt", which no longer holds) under the
+    same prefix (``default_pg``) each time. Workers restarted after a failure (``--max-restarts``) then read the
+    first attempt's keys: gloo the dead ranks' addresses ("connectFullMesh failed ... Connection refused"), NCCL
+    its unique id (pytorch/pytorch#135712). A prefix per attempt (``TORCHELASTIC_RESTART_COUNT``, which every
+    agent of a job advances together when the worker group restarts) keeps each attempt's keys apart, for gloo
+    and NCCL alike. An agent that is itself replaced (a new node joining) counts from 0 again: there, start
+    torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which gives every rendezvous round a store of its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout)
+    prefix = f"mapscale/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return dist.PrefixStore(prefix, client)
+
+
 @dataclass(frozen=True)
 class World:
     """``rank`` of ``size`` processes, this process's ``device``, and the process ``group`` (None: default)."""
@@ -58,9 +79,19 @@ class World:
             if world.device.type == "cuda":
                 torch.cuda.set_device(world.device)
             chosen = backend if backend != "auto" else ("nccl" if world.device.type == "cuda" else "gloo")
-            dist.init_process_group(chosen, timeout=timedelta(minutes=timeout_minutes))
+            timeout = timedelta(minutes=timeout_minutes)
+            store = attempt_store(world.size, timeout)
+            if store is None:
+                dist.init_process_group(chosen, timeout=timeout)
+            else:
+                dist.init_process_group(chosen, timeout=timeout, store=store, rank=world.rank, world_size=world.size)
             world = cls.from_env(str(world.device))
         return world
+
+    @property
+    def restart(self) -> int:
+        """How many times torchrun has restarted this worker group (``TORCHELASTIC_RESTART_COUNT``; 0 elsewhere)."""
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
     def stop(self) -> None:
         """Leave the process group (end of a multi-rank run)."""

@@ -204,7 +204,7 @@ def finetune_model(
         device = next(model.parameters()).device
 
     # The element layout groups elements by the tuned tensors' own paths: one (E_t,) vector per tensor.
-    element_module = shape_module({spec.name: (num_elements(spec.numel, block_size),) for spec in tuned_specs})
+    element_module = shape_module({spec.name: (num_elements(spec.numel, block_size),) for spec in tuned_specs}, dtype=specs[0].dtype)
     total = sum(num_elements(s.numel, block_size) for s in tuned_specs)
     if not isinstance(budget, Mapping) and isinstance(budget, int) and not isinstance(budget, bool) and budget > total:
         budget = total  # a group has at most as many orthonormal rows as elements

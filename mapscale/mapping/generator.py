@@ -188,7 +188,7 @@ class MappingGenerator(nn.Module):
                     group.numel,
                     mapping_key(config.seed, group.name),
                     trainable=train_mapping,
-                    dtype=config.mapping_dtype,
+                    dtype=torch.float64 if layout.compute_dtype == torch.float64 else config.mapping_dtype,
                     device=device,
                     columns=None if part.whole else (start, stop),
                     transform=transforms.get(index),
@@ -196,7 +196,7 @@ class MappingGenerator(nn.Module):
             )
             share_group_state(self.operators[-1], index, shared)  # the seeded orthonormalizer, the sparse tables
             if config.offset == "init":
-                base = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
+                base = torch.cat([init_tensors[t.name].detach().reshape(-1).to(layout.compute_dtype) for t in group.tensors])[start:stop].clone()
                 self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,), not a view of the group
         for group in layout.groups:
             z0 = latent_init(config.seed, group.name, group.latent_dim, std).to(device)
@@ -348,7 +348,7 @@ class MappingGenerator(nn.Module):
             return self.operators[index].row_means()
 
         def compute() -> Tensor:
-            sums = torch.zeros_like(self.latents[index], dtype=torch.float32)
+            sums = torch.zeros_like(self.latents[index], dtype=self.layout.compute_dtype)
             for k, (g, start, stop) in enumerate(self.pieces):
                 if g == index:
                     sums = sums + self.operators[k].row_means() * (stop - start)
@@ -365,7 +365,7 @@ class MappingGenerator(nn.Module):
 
         def compute() -> Tensor:
             d, tensors = self.layout.groups[index].latent_dim, len(self.layout.groups[index].tensors)
-            both = torch.zeros(2, d, tensors, device=self.latents[index].device)
+            both = torch.zeros(2, d, tensors, dtype=self.layout.compute_dtype, device=self.latents[index].device)  # alike on every part
             for k, (g, _, _) in enumerate(self.pieces):
                 if g == index:
                     both = both + torch.stack(self.operators[k].segment_row_sums(self._clipped_numels(k).to(both.device)))
@@ -478,7 +478,7 @@ class MappingGenerator(nn.Module):
                 rows.append([in_scale, -u_mean * in_scale, target_std, theta0.mean().item()])
             affines.append(torch.tensor(rows, dtype=torch.float64))
         if self.config.offset == "init":
-            return [a.T.contiguous().to(torch.float32).to(device) for a in affines]
+            return [a.T.contiguous().to(self.layout.compute_dtype).to(device) for a in affines]
 
         # Second pass: the spread of act(standardised u), so out_* restore the target's mean and std.
         def standardised(k: int, u: Tensor) -> Tensor:
@@ -493,7 +493,7 @@ class MappingGenerator(nn.Module):
                 v_mean, v_std = mean_std(act_moments[index][:, t], spec.numel)
                 out_scale = target_std / v_std if v_std > 1e-12 else target_std
                 affines[index][t, 2:] = torch.tensor([out_scale, target_mean - out_scale * v_mean], dtype=torch.float64)
-        return [a.T.contiguous().to(torch.float32).to(device) for a in affines]
+        return [a.T.contiguous().to(self.layout.compute_dtype).to(device) for a in affines]
 
     # -- accounting ---------------------------------------------------------------------------------------
 

@@ -89,6 +89,14 @@ class ParamLayout:
         for spec in self.generated_tensors():
             self._by_name[spec.name] = spec
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the fixed state is built in and generation computes in: float64 for a float64 target
+        (``optim.precision='fp64'``: nothing rounded to float32 on the way, so no result depends on the machine's
+        float32 rounding), else float32."""
+        generated = self.generated_tensors()
+        return torch.float64 if generated and all(t.dtype == torch.float64 for t in generated) else torch.float32
+
     @classmethod
     def from_module(
         cls,
@@ -284,10 +292,10 @@ def _resolve_budget(
     return dims
 
 
-def shape_module(shapes: Mapping[str, Sequence[int]]) -> nn.Module:
-    """A parameter-only module with a meta-device parameter of each given shape at each dotted name, so that
-    a layout of derived tensors (fine-tuning elements, low-rank factors) groups them by the target's own
-    module paths. Only shapes exist: values are given to the generator separately."""
+def shape_module(shapes: Mapping[str, Sequence[int]], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A parameter-only module with a meta-device parameter of each given shape (and ``dtype``) at each dotted
+    name, so that a layout of derived tensors (fine-tuning elements, low-rank factors) groups them by the target's
+    own module paths. Only shapes exist: values are given to the generator separately."""
     root = nn.Module()
     for name, shape in shapes.items():
         *path, attr = name.split(".")
@@ -296,7 +304,7 @@ def shape_module(shapes: Mapping[str, Sequence[int]]) -> nn.Module:
             if part not in owner._modules:
                 owner.add_module(part, nn.Module())
             owner = owner._modules[part]
-        owner.register_parameter(attr, nn.Parameter(torch.empty(tuple(shape), device="meta"), requires_grad=False))
+        owner.register_parameter(attr, nn.Parameter(torch.empty(tuple(shape), dtype=dtype, device="meta"), requires_grad=False))
     return root
 
 

@@ -126,11 +126,11 @@ def low_rank_model(
             m, n = matrix_shape(spec)
             spread = math.sqrt(_std(value) / math.sqrt(rank))
             for suffix, shape in zip(FACTOR_SUFFIXES, ((m, rank), (rank, n))):
-                factor = (torch.randn(shape, generator=generator) * spread).to(device) if value.device.type != "meta" else torch.empty(shape, device="meta")
+                factor = (torch.randn(shape, generator=generator) * spread).to(device, value.dtype) if value.device.type != "meta" else torch.empty(shape, dtype=value.dtype, device="meta")
                 init[spec.name + suffix] = factor
         else:
             init[spec.name] = value
-    factor_module = shape_module({name: value.shape for name, value in init.items()})
+    factor_module = shape_module({name: value.shape for name, value in init.items()}, dtype=specs[0].dtype)  # the target's dtype
     layout = ParamLayout.from_module(factor_module, grouping, budget, trainable=trainable, frozen=frozen, budget_rule=budget_rule)
     kept_out = {s.name for s in (*layout.trainable, *layout.frozen)}
     if kept_out & {spec.name + suffix for spec in factored_specs for suffix in FACTOR_SUFFIXES}:

@@ -143,11 +143,11 @@ def seeded_orthonormalizer(key: int, latent_dim: int, num_outputs: int) -> Tenso
     return orthonormalizer(seeded_gram(key, latent_dim, num_outputs))
 
 
-def seeded_columns(key: int, latent_dim: int, num_outputs: int, start: int, stop: int, transform: Tensor) -> Tensor:
-    """Columns ``[start, stop)`` of the orthonormal mapping, float32, built from only the blocks they touch."""
+def seeded_columns(key: int, latent_dim: int, num_outputs: int, start: int, stop: int, transform: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Columns ``[start, stop)`` of the orthonormal mapping, float32 (or float64), built from only the blocks they touch."""
     if not 0 <= start <= stop <= num_outputs:
         raise IndexError(f"column range [{start}, {stop}) is outside [0, {num_outputs})")
-    out = torch.empty(latent_dim, stop - start, dtype=torch.float32)  # filled in place: no second copy to concatenate
+    out = torch.empty(latent_dim, stop - start, dtype=_statistics_dtype(dtype))  # filled in place: no second copy to concatenate
     for block in range(start // BLOCK_COLUMNS, num_blocks(stop) if stop else 0):
         lo = block * BLOCK_COLUMNS
         first, last = max(start, lo), min(stop, lo + BLOCK_COLUMNS)
@@ -164,7 +164,8 @@ def build_orthonormal_mapping(key: int, latent_dim: int, num_outputs: int, dtype
     """
     if latent_dim > num_outputs:
         raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
-    weight = torch.empty(latent_dim, num_outputs, dtype=torch.float32)
+    storage = _statistics_dtype(dtype)  # float64 stays float64: the transformed entries are rounded once, to it
+    weight = torch.empty(latent_dim, num_outputs, dtype=storage)
     gram = torch.zeros(latent_dim, latent_dim, dtype=torch.int64)
     for block in range(num_blocks(num_outputs)):
         raw = raw_block(key, latent_dim, num_outputs, block)
@@ -173,8 +174,13 @@ def build_orthonormal_mapping(key: int, latent_dim: int, num_outputs: int, dtype
     transform = orthonormalizer(gram)
     for block in range(num_blocks(num_outputs)):
         cols = slice(block * BLOCK_COLUMNS, (block + 1) * BLOCK_COLUMNS)
-        weight[:, cols] = (transform @ weight[:, cols].to(torch.float64)).to(torch.float32)
+        weight[:, cols] = (transform @ weight[:, cols].to(torch.float64)).to(storage)
     return weight.to(dtype)
+
+
+def _statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Row statistics of a mapping stored in ``dtype``: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _Operator(nn.Module):
@@ -189,6 +195,21 @@ class _Operator(nn.Module):
             raise ValueError(f"columns {self.columns} are outside the {num_outputs} outputs")
         if latent_dim > num_outputs:
             raise ValueError(f"latent_dim {latent_dim} exceeds the {num_outputs} outputs; rows cannot be orthonormal")
+
+    def _compute_in(self, dtype: torch.dtype, device) -> None:
+        """Compute in float64 when ``dtype`` is float64, else float32; and in float64 after ``module.double()`` or
+        ``.to(torch.float64)`` (``optim.precision='fp64'``), which converts this empty buffer with the others."""
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.register_buffer("_compute", torch.empty(0, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self._compute.dtype
+
+    def _apply(self, fn, recurse=True):
+        # Statistics derived from the fixed state (row means, row sums) follow it to its new device or dtype.
+        self.__dict__.pop("_derived_cache", None)
+        return super()._apply(fn, recurse)
 
     row_sums = False
 
@@ -238,7 +259,7 @@ class DenseOperator(_Operator):
             weight = build_orthonormal_mapping(key, latent_dim, num_outputs, dtype).to(device)
         else:
             transform = seeded_orthonormalizer(key, latent_dim, num_outputs) if transform is None else transform
-            weight = seeded_columns(key, latent_dim, num_outputs, start, stop, transform).to(dtype).to(device)
+            weight = seeded_columns(key, latent_dim, num_outputs, start, stop, transform, dtype).to(dtype).to(device)
         if trainable:
             self.weight = nn.Parameter(weight)
         else:
@@ -257,13 +278,14 @@ class DenseOperator(_Operator):
 
     def row_means(self) -> Tensor:
         """Mean over the held columns (all of ``W``'s unless ``columns`` cut a shard)."""
-        return self._derived("row_means", lambda: self.weight.mean(dim=1, dtype=torch.float32))
+        return self._derived("row_means", lambda: self.weight.mean(dim=1, dtype=_statistics_dtype(self.weight.dtype)))
 
     def segment_row_sums(self, numels: Tensor) -> tuple[Tensor, Tensor]:
         def compute() -> tuple[Tensor, Tensor]:
             pieces = self.weight.split(numels.tolist(), dim=1)
-            sums = torch.stack([p.sum(1, dtype=torch.float32) for p in pieces], 1)
-            return sums, torch.stack([p.float().square().sum(1) for p in pieces], 1)
+            dtype = _statistics_dtype(self.weight.dtype)
+            sums = torch.stack([p.sum(1, dtype=dtype) for p in pieces], 1)
+            return sums, torch.stack([p.to(dtype).square().sum(1) for p in pieces], 1)
 
         return self._derived("segment_row_sums", compute)
 
@@ -354,7 +376,7 @@ class SeededOperator(_Operator):
     ) -> None:
         super().__init__(latent_dim, num_outputs, key, columns)
         _not_trainable("seeded", trainable)
-        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self._compute_in(dtype, device)
         if torch.device(device or "cpu").type == "meta":
             transform = torch.empty(latent_dim, latent_dim, device="meta")
         elif transform is None:
@@ -415,7 +437,7 @@ class SeededOperator(_Operator):
                 sums = torch.zeros(self.latent_dim, dtype=torch.float64)
                 for block, first, last, lo in self._blocks():
                     sums += self._raw(block, first, last, lo, ones) @ ones[first - start : last - start]
-                cache["row_means"] = (self.transform.double().cpu() @ sums / max(stop - start, 1)).float().to(self.transform.device)
+                cache["row_means"] = (self.transform.double().cpu() @ sums / max(stop - start, 1)).to(self.transform.device, self.compute_dtype)
         return cache["row_means"]
 
     def extra_repr(self) -> str:
@@ -485,7 +507,7 @@ class StructuredOperator(_Operator):
     ) -> None:
         super().__init__(latent_dim, num_outputs, key, columns)
         _not_trainable("structured", trainable)
-        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self._compute_in(dtype, device)
         self.block = _pow2_at_least(latent_dim)
         self.scale = math.sqrt(self.block / num_outputs)
         start, stop = self.columns
@@ -566,7 +588,7 @@ class StructuredOperator(_Operator):
             start, stop = self.columns
             with torch.no_grad():
                 ones = torch.ones(stop - start, dtype=self.compute_dtype, device=self.rows.device)
-                cache["row_means"] = (self.multiply_transpose(ones) / max(stop - start, 1)).float()
+                cache["row_means"] = self.multiply_transpose(ones) / max(stop - start, 1)
         return cache["row_means"]
 
     def extra_repr(self) -> str:
@@ -634,7 +656,7 @@ class SparseOperator(_Operator):
         _not_trainable("sparse", trainable)
         if num_outputs >= 2**31:
             raise ValueError(f"{num_outputs} outputs exceed the sparse operator's 2**31 columns")
-        self.compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self._compute_in(dtype, device)
         self.block = self.block_length(latent_dim)
         device = torch.device(device or "cpu")
         generator = torch.Generator().manual_seed(block_seed(key, -1))
@@ -719,7 +741,7 @@ class SparseOperator(_Operator):
             with torch.no_grad():
                 rows, scale = self.assignment(start, stop)
                 sums = torch.zeros(self.latent_dim, dtype=torch.float64, device=rows.device).index_add_(0, rows, scale.double())
-                cache["row_means"] = (sums / max(stop - start, 1)).float()
+                cache["row_means"] = (sums / max(stop - start, 1)).to(self.compute_dtype)
         return cache["row_means"]
 
     def segment_row_sums(self, numels: Tensor) -> tuple[Tensor, Tensor]:
@@ -735,7 +757,7 @@ class SparseOperator(_Operator):
                 size = self.latent_dim * len(numels)
                 sums = torch.zeros(size, dtype=torch.float64, device=rows.device).index_add_(0, flat, scale.double())
                 squares = torch.zeros(size, dtype=torch.float64, device=rows.device).index_add_(0, flat, scale.double().square())
-                cache[cache_key] = tuple(t.view(self.latent_dim, len(numels)).float() for t in (sums, squares))
+                cache[cache_key] = tuple(t.view(self.latent_dim, len(numels)).to(self.compute_dtype) for t in (sums, squares))
         return cache[cache_key]
 
     def weighted_row_sums(self, column_weights: Tensor) -> tuple[Tensor, Tensor]:

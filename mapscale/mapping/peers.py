@@ -130,9 +130,9 @@ class SubspaceGenerator(_Peer):
             group = layout.groups[index]
             key = mapping_key(seed, group.name)  # the key mapscale's generator gives this group's W
             columns = None if part.whole else (start, stop)
-            self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, device=device, columns=columns, transform=transforms.get(index)))
+            self.operators.append(OPERATORS[operator](group.latent_dim, group.numel, key, trainable=False, dtype=layout.compute_dtype, device=device, columns=columns, transform=transforms.get(index)))
             share_group_state(self.operators[-1], index, shared)
-            theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).float() for t in group.tensors])[start:stop].clone()
+            theta0 = torch.cat([init_tensors[t.name].detach().reshape(-1).to(layout.compute_dtype) for t in group.tensors])[start:stop].clone()
             self.register_buffer(f"theta0_{k}", theta0.to(device), persistent=False)  # (stop - start,), not a view of the group
         relative = scale == "relative" and device.type != "meta"  # on meta (inspect) only shapes exist
         self.scales = [_relative_scale(group, init_tensors) if relative else 1.0 for group in layout.groups]
@@ -206,14 +206,14 @@ class RingGenerator(_Peer):
         for k, (index, start, stop) in enumerate(self.pieces):
             group = layout.groups[index]
             if meta:
-                index_t, scale, shift = (torch.empty(stop - start, dtype=dt, device=device) for dt in (torch.int64, torch.float32, torch.float32))
+                index_t, scale, shift = (torch.empty(stop - start, dtype=dt, device=device) for dt in (torch.int64, layout.compute_dtype, layout.compute_dtype))
             else:
                 if index not in assignments:  # the whole group's assignment, cut to each held piece
                     positions, sign = ring_assignment(seed, group.name, group.latent_dim, group.numel)
                     stats = [_init_stats(init_tensors[t.name], constant_init_std) for t in group.tensors]
                     numels = torch.tensor([t.numel for t in group.tensors])
-                    std, mean = (torch.repeat_interleave(torch.tensor(column), numels) for column in zip(*stats))
-                    assignments[index] = (positions, sign.float() * std, mean)  # (P_g,) each
+                    std, mean = (torch.repeat_interleave(torch.tensor(column, dtype=layout.compute_dtype), numels) for column in zip(*stats))
+                    assignments[index] = (positions, sign.to(std.dtype) * std, mean)  # (P_g,) each
                 index_t, scale, shift = (t[start:stop].clone() for t in assignments[index])  # copies: a view would keep the whole group
             self.register_buffer(f"index_{k}", index_t.to(device), persistent=False)  # (stop - start,) ring positions
             self.register_buffer(f"scale_{k}", scale.to(device), persistent=False)  # (stop - start,) sign * init std

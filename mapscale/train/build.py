@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from mapscale.mapping.operators import mapping_key
 from mapscale.methods import METHODS, Build
 from mapscale.recipe import Recipe
 from mapscale.targets import build_target
+from mapscale.train.evaluate import model_dtype
 
 
 def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World | None = None) -> MappedModel:
@@ -34,13 +35,22 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     ``distributed.gather="per-unit"``) a generating method's generator holds only this rank's part of the flat
     vector (``distributed.units``) and `mapscale.distributed.shard` gathers the rest; on the meta device the
     part is built for shapes and bytes only (``mapscale inspect``)."""
+    # fp64 builds in float64 throughout: the target's init, the latents' and adapters' draws and the fixed state.
+    # float32 draws differ by an ulp with the CPU's vector width (measured: torch's uniform_ and normal_ under
+    # ATEN_CPU_CAPABILITY=default against avx512 differ in half of 100,000 values; float64 draws not at all).
+    with default_dtype(model_dtype(recipe)):
+        return _build_model(recipe, torch.device(device), world)
+
+
+def _build_model(recipe: Recipe, device: torch.device, world: World | None) -> MappedModel:
     torch.manual_seed(recipe.seed)
-    device = torch.device(device)
     meta = device.type == "meta"
     method = METHODS[recipe.mapping.method]
     dist = recipe.distributed
+    dtype = model_dtype(recipe)
     with torch.device("meta") if meta else nullcontext():
         target = build_target(recipe.target.name, recipe.target.args, None if meta or method.pretrained else recipe.target.weights, recipe.task)
+    target = target.to(dtype)  # before the method reads it: the layout records the dtype of every generated tensor
     per_unit = dist.gather == "per-unit"
     sharded = world is not None and (world.distributed or per_unit)
     if sharded and not method.generates and per_unit:
@@ -61,10 +71,22 @@ def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World
     model = method.build(recipe.mapping, Build(recipe, target, device, part if sharded else None))
     if sharded:
         shard(model, plans[-1], world, per_unit=per_unit)
+    model = model.to(dtype)  # fp64: whatever a builder made in float32 (constants exact in float64) computes in float64
     if meta:
         return model
     _return_freed_memory()
     return model.to(device)
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype):
+    """``torch.get_default_dtype()`` is ``dtype`` inside the block (the target's builder creates its tensors)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def check_vocabulary(model: nn.Module, data: DataSplits) -> None:
@@ -93,7 +115,7 @@ def _return_freed_memory() -> None:
 def task_loss(task: str):
     """The task's loss ``(output, target) -> scalar``."""
     if task == "regression":
-        return lambda output, target: F.mse_loss(output.reshape(target.shape), target.float())
+        return lambda output, target: F.mse_loss(output.reshape(target.shape), target.to(torch.float64 if output.dtype == torch.float64 else torch.float32))
     if task == "segmentation":
         return lambda output, target: F.cross_entropy(output, target, ignore_index=255)
     if task == "language_modeling":  # next-token cross-entropy over every position
@@ -152,6 +174,20 @@ def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> 
     """The index batches of ``epoch``: a pure function of (seed, epoch), so a resumed run sees the same."""
     order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(mapping_key(seed, f"data/{epoch}")))
     return [b.tolist() for b in order.split(batch_size)]
+
+
+def check_units(recipe: Recipe, model: MappedModel) -> None:
+    """Refuse ``distributed.units`` prefixes that name no tensor of the target, in a single process too (where no
+    sharding plan would notice): a typo would otherwise train a whole run with the unit silently ignored."""
+    layout = model.layout
+    names = [t.name for t in (*layout.generated_tensors(), *layout.trainable, *layout.frozen)]
+    unmatched = [p for p in recipe.distributed.units if not any(n == p or n.startswith(p + ".") for n in names)]
+    if unmatched:
+        tops = sorted({n.split(".")[0] for n in names})
+        raise ValueError(
+            f"distributed.units {unmatched} match no tensor of {recipe.target.name}; units are module-path prefixes such as "
+            f"{tops[:8]}{' ...' if len(tops) > 8 else ''} (mapscale inspect RECIPE lists the tensors)"
+        )
 
 
 def check_world(recipe: Recipe, world_size: int) -> None:
@@ -215,10 +251,14 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     if recipe.data.augment_shift and len(data.input_shape) != 3:
         raise DataError(f"data.augment_shift moves images; the inputs of data.name={recipe.data.name!r} have shape {data.input_shape}")
     model = build_model(recipe, device, world)
+    check_units(recipe, model)
     check_vocabulary(model, data)
+    note = getattr(model.target, "build_note", None)  # e.g. an hf: folder without weights, initialised afresh
+    if note:
+        console.print(f"note: {note}")
     if warm_start and recipe.mapping.warm_start() is not None:
         start_latents(model, recipe.mapping.warm_start(), fingerprint(model, recipe))
-    loss_fn = build_loss(recipe).to(device)
+    loss_fn = build_loss(recipe).to(device, model_dtype(recipe))  # fp64: the learned coefficients too
     batches_per_epoch = math.ceil(len(data.train) / recipe.optim.batch_size)
     last_batch = len(data.train) % recipe.optim.batch_size
     if 0 < last_batch < pieces:  # some micro-batch would get no example of the epoch's last batch

@@ -27,11 +27,22 @@ def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | Non
     with model.cached_weights():
         for inputs, targets in loader:
             with autocast(recipe, device):
-                output = model(inputs.to(device))
+                output = model(model_inputs(inputs, recipe, device))
             metrics.update(output, targets)
     if world.distributed:
         metrics.reduce(world.sum)
     return metrics.compute()
+
+
+def model_dtype(recipe: Recipe) -> torch.dtype:
+    """The dtype of a run's model and floating inputs: float64 under ``optim.precision='fp64'``, else float32
+    (``bf16`` autocasts the forward of a float32 model)."""
+    return torch.float64 if recipe.optim.precision == "fp64" else torch.float32
+
+
+def model_inputs(inputs: torch.Tensor, recipe: Recipe, device) -> torch.Tensor:
+    """``inputs`` on ``device``, floating ones in the model's dtype (`model_dtype`); token ids stay integers."""
+    return inputs.to(device, model_dtype(recipe)) if inputs.is_floating_point() else inputs.to(device)
 
 
 def autocast(recipe: Recipe, device):

@@ -53,7 +53,8 @@ def global_mean(weighted: dict[str, torch.Tensor], world: World) -> dict[str, fl
     """The loss terms of the global batch: the rank-weighted values averaged over ranks (one collective)."""
     if not weighted:
         return {}
-    values = world.sum(torch.stack(list(weighted.values())).float()) / world.size
+    values = torch.stack(list(weighted.values()))
+    values = world.sum(values if values.dtype == torch.float64 else values.float()) / world.size  # fp64 runs log float64
     return dict(zip(weighted, values.tolist()))
 
 

@@ -28,7 +28,7 @@ from mapscale.metrics import PRIMARY
 from mapscale.recipe import Recipe, RecipeError
 from mapscale.train.build import Prepared, epoch_batches, prepare
 from mapscale.train.checkpoint import CHECKPOINT, checkpoint_state, fingerprint, load_checkpoint, restore_model_state, restore_rng, save_checkpoint
-from mapscale.train.evaluate import autocast, evaluate
+from mapscale.train.evaluate import autocast, evaluate, model_inputs
 from mapscale.train.log import RunLog, global_mean, progress_bar
 
 RESULT = "result.json"
@@ -74,9 +74,8 @@ def train(
     world: World | None = None,
     prepared: Prepared | None = None,
 ) -> RunResult:
-    """Train ``recipe`` in ``run_dir`` (its run files already written). ``stop_after`` ends this invocation after
-    that many steps with a checkpoint, resumable. ``prepared``: the run already built by `prepare` (the CLI builds
-    it before the run directory exists, so that bad input leaves nothing behind).
+    """Train ``recipe`` in ``run_dir`` (its run files written). ``stop_after`` ends this invocation after that many
+    steps with a checkpoint. ``prepared``: the run `prepare` built (the CLI, before the run directory exists).
 
     Under ``torchrun`` or the ``deepspeed`` launcher (``world``: `World.start`), every rank runs this same loop
     on its share of each global batch with its part of the fixed state; only rank 0 writes to ``run_dir``.
@@ -88,6 +87,8 @@ def train(
     mapping_id = fingerprint(run.model, recipe)
     log = RunLog(run_dir, world.is_main)
     step, best = resume_from(run, run_dir, mapping_id, log, console) if resume else (0, {})
+    if step >= run.total_steps and (finished := RunResult.load(run_dir)) is not None:  # resumed after its end: nothing to redo
+        return finished
     every_eval = recipe.output.eval_every or run.batches_per_epoch
     every_checkpoint = recipe.output.checkpoint_every or run.batches_per_epoch
     epochs = math.ceil(run.total_steps / run.batches_per_epoch)
@@ -170,7 +171,7 @@ def train_step(run: Prepared, micro_batches, batch_size: int, step: int) -> tupl
     terms: dict[str, torch.Tensor] = {}
     accumulation = run.recipe.optim.accumulation_steps
     for inputs, targets in micro_batches:
-        inputs, targets = inputs.to(run.device), targets.to(run.device)
+        inputs, targets = model_inputs(inputs, run.recipe, run.device), targets.to(run.device)
         with autocast(run.recipe, run.device):
             out = model_loss(run.model, run.loss_fn, inputs, targets, step)
         # Averaging weight * loss over micro-batches and ranks gives the global batch's mean loss.
@@ -233,7 +234,7 @@ def resume_from(run: Prepared, run_dir: Path, mapping_id: str, log: RunLog, cons
     restore_rng(state, run.device)
     log.truncate(state["step"])  # drop what the interrupted process logged after its checkpoint
     where = f" on {run.world.size} ranks (saved on {saved_world})" if run.world.size != saved_world else ""
-    console.print(f"resumed {run_dir} at step {state['step']}/{run.total_steps}{where}")
+    console.print(f"resumed {run_dir} at step {state['step']}/{run.total_steps}{where}" + ("; it is finished, nothing to continue" if state["step"] >= run.total_steps else ""))
     return state["step"], state["best"]
 
 

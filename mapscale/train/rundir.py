@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -26,6 +27,58 @@ def new_run_dir(recipe: Recipe) -> Path:
         suffix += 1
         run_dir = root / f"{name}-{suffix}"
     return run_dir
+
+
+def continued_run_dir(recipe: Recipe, restart: int = 0) -> Path | None:
+    """Under ``output.resume='auto'``, the run directory this invocation continues, or None for a new one.
+
+    The candidate is ``output.root/output.run_name`` when a name is given; else, in a worker group torchrun
+    restarted (``restart`` > 0), the directory whose ``environment.json`` records this job's
+    ``TORCHELASTIC_RUN_ID``. A candidate that holds another recipe, or is a folder but not a run directory,
+    raises ValueError (nothing is overwritten). A matching directory without a checkpoint yet (the first attempt
+    died before one) is continued from step 0: its partial ``metrics.jsonl`` is dropped by the caller."""
+    if recipe.output.resume != "auto":
+        return None
+    root, candidate = Path(recipe.output.root), None
+    if recipe.output.run_name:
+        candidate = root / recipe.output.run_name
+    elif restart and os.environ.get("TORCHELASTIC_RUN_ID") and root.is_dir():
+        job = os.environ["TORCHELASTIC_RUN_ID"]
+        mine = [d for d in root.iterdir() if _elastic_run_id(d) == job]
+        candidate = max(mine, key=lambda d: d.stat().st_mtime) if mine else None
+    if candidate is None or not candidate.exists():
+        return None
+    recorded = candidate / "recipe.json"
+    if not recorded.is_file():
+        raise ValueError(f"output.resume='auto': {candidate} exists and is not a run directory (no recipe.json); choose another output.run_name")
+    there, here = json.loads(recorded.read_text()), json.loads(recipe.model_dump_json())
+    for resolved in (there, here):  # how a run starts is not what it runs: a run begun without 'auto' continues too
+        resolved.get("output", {}).pop("resume", None)
+    differences = recipe_differences(there, here)
+    if differences:
+        shown = "; ".join(f"{key}: {there!r} there, {here!r} here" for key, there, here in differences[:5])
+        more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+        raise ValueError(f"output.resume='auto': {candidate} holds another recipe ({shown}{more}); choose another output.run_name or output.resume='never'")
+    return candidate
+
+
+def recipe_differences(there: dict, here: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted key, value there, value here)`` where two resolved recipes differ."""
+    out = []
+    for key in sorted(set(there) | set(here)):
+        a, b = there.get(key, "<unset>"), here.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _elastic_run_id(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "environment.json").read_text()).get("torchelastic_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_run_files(run_dir: Path, recipe: Recipe, source: Path | None, overrides: list[str]) -> None:
@@ -58,5 +111,6 @@ def environment() -> dict:
         "hostname": platform.node(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),  # how a restarted torchrun job finds this run
         "started": datetime.now().isoformat(timespec="seconds"),
     }
