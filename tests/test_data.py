@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mapscale import data
+from mapscale.data import tables  # the hub probe lives with the sources read through `datasets`
 from mapscale.data import DataError, DataSplits, Split, build_datasets, shipped_mnist
 from mapscale.recipe import DataSection
 
@@ -313,8 +314,8 @@ def test_unreachable_hub_is_reported_without_trying_to_load(tmp_path, monkeypatc
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # with it set, load_dataset reads the cache instead
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(data, "_proxy_configured", lambda: False)
-    monkeypatch.setattr(data, "_hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(tables, "_proxy_configured", lambda: False)
+    monkeypatch.setattr(tables, "_hub_reachable", lambda endpoint: False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset must not run"))
     with pytest.raises(DataError, match="cannot be reached from this machine.*HF_HUB_OFFLINE=1"):
         build(tmp_path, name="mnist")
@@ -326,7 +327,7 @@ def test_hub_dataset_not_found_is_a_data_error(tmp_path, monkeypatch):
     def not_found(*args, **kwargs):
         raise datasets.exceptions.DatasetNotFoundError("Dataset 'nobody/nothing' doesn't exist on the Hub")
 
-    monkeypatch.setattr(data, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(tables, "_hub_reachable", lambda endpoint: True)
     monkeypatch.setattr(datasets, "load_dataset", not_found)
     with pytest.raises(DataError, match="neither a built-in data source.*doesn't exist on the Hub"):
         build(tmp_path, name="nobody/nothing")

@@ -2,8 +2,9 @@
 
 - `build`: recipe -> objects (`build_model`, `build_loss`, `build_optimizer`) and `prepare`, which builds a
   whole run and checks it before anything is written;
-- `checkpoint`: the one checkpoint schema (save, load, resume) and the mapping `fingerprint`;
-- `log`: metrics.jsonl, TensorBoard and the progress bar; `rundir`: the run directory's files;
+- `checkpoint`: the one checkpoint schema (save, load, resume) and the mapping `fingerprint`; `rundir`: the run
+  directory's files and `load_run`;
+- `log`: metrics.jsonl, TensorBoard and the progress bar;
 - `evaluate`: the task's metrics; `loop`: `train`, read top to bottom, and `train_step`, which benches share.
 """
 
@@ -23,7 +24,6 @@ from mapscale.train.checkpoint import (
     checkpoint_model_state,
     fingerprint,
     load_checkpoint,
-    load_run,
     mapping_identity,
     restore_model_state,
     save_checkpoint,
@@ -32,7 +32,7 @@ from mapscale.train.checkpoint import (
 from mapscale.train.evaluate import evaluate
 from mapscale.train.log import read_records
 from mapscale.train.loop import RunResult, model_loss, train, train_step
-from mapscale.train.rundir import environment, new_run_dir, write_run_files
+from mapscale.train.rundir import environment, load_run, new_run_dir, write_run_files
 
 __all__ = [
     "CHECKPOINT", "LATENT_START_FIELDS", "Prepared", "RunResult", "build_loss", "build_model", "build_optimizer",

@@ -25,6 +25,7 @@ from mapscale.mapping.operators import mapping_key
 from mapscale.methods import METHODS, Build
 from mapscale.recipe import Recipe
 from mapscale.targets import build_target
+from mapscale.train.checkpoint import fingerprint, start_latents
 from mapscale.train.evaluate import model_dtype
 
 
@@ -239,8 +240,6 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     """Build the run of ``recipe`` in ``world``: data, model (started from ``mapping.latent_from`` when
     ``warm_start``), loss, optimiser, schedule and updater. Raises ``ValueError`` (``DataError``, ``RecipeError``)
     or ``FileNotFoundError`` for what the user must fix; nothing is written."""
-    from mapscale.train.checkpoint import fingerprint, start_latents
-
     console = console or Console(quiet=True)
     device = world.device if world.distributed else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_world(recipe, world.size)

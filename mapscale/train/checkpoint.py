@@ -87,18 +87,6 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
 
 
-def load_run(run: Path, device: torch.device | str = "cpu") -> tuple[Recipe, MappedModel, dict]:
-    """``(recipe, model, checkpoint)`` of a run directory or checkpoint file: the model rebuilt from the
-    recorded recipe with the checkpoint's latents (and buffers) loaded."""
-    from mapscale.train.build import build_model
-
-    state = load_checkpoint(Path(run))
-    recipe = Recipe.model_validate(state["recipe"])
-    model = build_model(recipe, device)
-    restore_model_state(model, state["model"])
-    return recipe, model, state
-
-
 def start_latents(model: MappedModel, path: Path, mapping_id: str) -> None:
     """``mapping.latent_from``: set the group latents (and lv-wmap modulators) to those saved in ``path``
     (`mapscale.space.save_latents`), which must belong to the same mapping."""

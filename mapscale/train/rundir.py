@@ -1,4 +1,5 @@
-"""The run directory: its name and the files written once per run (recipe, overrides, environment)."""
+"""The run directory: its name, the files written once per run (recipe, overrides, environment), the run an
+``output.resume=auto`` invocation continues, and `load_run`, which rebuilds a finished or interrupted run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from pathlib import Path
 import torch
 
 import mapscale
+from mapscale.mapping.mapped import MappedModel
 from mapscale.recipe import Recipe
+from mapscale.train.build import build_model
+from mapscale.train.checkpoint import load_checkpoint, restore_model_state
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -114,3 +118,13 @@ def environment() -> dict:
         "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),  # how a restarted torchrun job finds this run
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def load_run(run: Path, device: torch.device | str = "cpu") -> tuple[Recipe, MappedModel, dict]:
+    """``(recipe, model, checkpoint)`` of a run directory or checkpoint file: the model rebuilt from the
+    recorded recipe with the checkpoint's latents (and buffers) loaded."""
+    state = load_checkpoint(Path(run))
+    recipe = Recipe.model_validate(state["recipe"])
+    model = build_model(recipe, device)
+    restore_model_state(model, state["model"])
+    return recipe, model, state
