@@ -101,7 +101,7 @@ def _load(recipe_path: Path, overrides: list[str] | None):
 def train(
     recipe_path: RecipeArg,
     overrides: OverridesArg = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RECIPE_PATH (a run directory) from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RECIPE_PATH (a run directory) from its last checkpoint (overrides: distributed.* only).")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe as JSON and exit.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve the recipe, build the model, print the layout summary; no training, nothing written.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(help="Stop this invocation after N steps with a checkpoint (resumable; exit code 0). A SIGTERM or Ctrl-C also stops with a checkpoint, exit code 130.", min=1)] = None,
@@ -134,8 +134,8 @@ def train(
         run_dir = recipe_path if recipe_path.is_dir() else recipe_path.parent
         if not (run_dir / "checkpoint.pt").exists():
             _fail(f"--resume needs a run directory with a checkpoint; {run_dir} has none")
-        if overrides:
-            _fail("--resume continues a run exactly as it was recorded; overrides are not allowed")
+        if any(not o.startswith("distributed.") for o in overrides or []):
+            _fail("--resume continues a run exactly as it was recorded; only distributed.* overrides (how the ranks share the work) are allowed")
     # Under torchrun / deepspeed every rank runs this command; rank 0 alone names and writes the run directory.
     world = World.start(recipe.distributed.backend, device)
     out = console if world.is_main else Console(quiet=True)
@@ -441,9 +441,11 @@ def _print_layout(recipe, world_size: int) -> None:
     if layout.groups:
         console.print(table)
     # Each rank's fixed state, from the generator of its part (built on the meta device): one accounting.
-    per_rank = [model.fixed_bytes()] if world_size == 1 else [build_model(recipe, "meta", World(rank=r, size=world_size)).fixed_bytes() for r in range(world_size)]
+    per_rank = [model.fixed_bytes()] if world_size == 1 else [build_model(recipe, "meta", World(rank=r, size=world_size), "sharded").fixed_bytes() for r in range(world_size)]
     if world_size > 1 and layout.groups:
-        _print_plan(ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None), per_rank)
+        plan = ShardPlan.from_layout(layout, world_size, recipe.distributed.units or None)
+        _print_plan(plan, per_rank)
+        _print_modes(recipe, model, plan, per_rank, trainable)
     summary = Table(show_header=False, title="summary")
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -458,6 +460,38 @@ def _print_layout(recipe, world_size: int) -> None:
     ]:
         summary.add_row(key, value)
     console.print(summary)
+
+
+def _print_modes(recipe, model, plan, per_rank: list[int], trainable: int) -> None:
+    """Per ``distributed.generation`` mode: each rank's fixed state and peak generated weights, the bytes it moves
+    per step (`ShardPlan.step_bytes`), and what ``auto`` picks on this machine's device."""
+    import torch
+
+    from mapscale.distributed.world import World
+    from mapscale.train.build import local_bytes, resolve_generation
+    from mapscale.train.evaluate import model_dtype
+
+    element = torch.empty((), dtype=model_dtype(recipe)).element_size()
+    per_unit = recipe.distributed.gather == "per-unit"
+    fixed, generated = local_bytes(recipe)
+    table = Table(title=f"distributed.generation over {plan.world_size} ranks" + (" (gather='per-unit')" if per_unit else ""))
+    for column in ("mode", "fixed state per rank", "peak generated per rank", "all-gather / step", "reduce-scatter / step", "all-reduce / step", "total / step"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, held in (("sharded", max(per_rank)), ("local", fixed)):
+        moved = plan.step_bytes(trainable, element, sharded=mode == "sharded", per_unit=per_unit)
+        table.add_row(mode, _size(held), _size(generated), *(_size(moved[k]) for k in ("all_gather", "reduce_scatter", "all_reduce")), _size(sum(moved.values())))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    picked = resolve_generation(recipe, World(size=plan.world_size), device)
+    table.caption = f"auto picks {picked.mode} on this machine's {device.type}: {picked.reason}"
+    console.print(table)
+
+
+def _size(count: float) -> str:
+    """``count`` bytes in the largest unit that keeps the figure at 1 or more (B, KiB, MiB, GiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:,.2f} {unit}"
+    return f"{count:,.0f} B"
 
 
 def _gib(count: int) -> str:

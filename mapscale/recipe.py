@@ -151,11 +151,21 @@ class DistributedSection(Section):
     units: list[str] = Field(default_factory=list)
     """Sharding units, as module-path prefixes in forward order (e.g. ``["conv1", "layer1", ..., "fc"]``;
     tensors matching none form a last unit). Empty: the whole target is one unit."""
+    generation: Literal["auto", "sharded", "local"] = "auto"
+    """How several ranks share the generation. ``sharded``: each rank holds and generates its rows of every unit's
+    fixed state, all-gathers the generated weights for the forward pass and reduce-scatters their gradient (about
+    2P floats per rank per step for P generated weights). ``local``: every rank holds the method's whole fixed state
+    and generates every weight itself; the all-reduce of the trainable gradients is the step's only communication.
+    ``auto``: ``local`` where the whole fixed state and one copy of the generated weights (one unit with
+    ``gather='per-unit'``) fit a quarter of a rank's device memory, else ``sharded``; the choice and its reason
+    are printed and written to ``result.json``. Methods that generate nothing (lora, vera, full) are plain data
+    parallel either way. Checkpoints do not depend on it."""
     gather: Literal["whole", "per-unit"] = "whole"
-    """``whole``: gather every unit before the forward pass. ``per-unit``: gather each unit just before its
-    module runs and free it after; backward regenerates and re-gathers it (activation checkpointing of the
-    unit), so peak generated-parameter memory is one unit, at the cost of a second generation. Units must
-    then be modules (not ``(rest)``) that run once per forward. Works in a single process too."""
+    """``whole``: every unit's weights exist for the whole forward pass. ``per-unit``: each unit's weights are made
+    just before its module runs and freed after, and made again in backward (activation checkpointing of the unit),
+    so peak generated-parameter memory is one unit, at the cost of a second generation: generated and gathered
+    under ``generation='sharded'`` (3P floats a step), generated alone under ``local`` (no traffic). Units must then
+    be modules (not ``(rest)``) that run once per forward. Works in a single process too."""
 
     sync_batchnorm: bool = False
     """BatchNorm layers normalise over the global batch (``torch.nn.SyncBatchNorm``, GPUs only). Off: each rank

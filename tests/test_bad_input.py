@@ -72,6 +72,8 @@ CASES = [
     ("auto-resume into another recipe's run", ["train", "{recipe}", "output.resume=auto", "output.root={tmp}", "output.run_name=norun"], "holds another recipe"),
     ("auto-resume into a folder that is not a run", ["train", "{recipe}", "output.resume=auto", "output.root={tmp}", "output.run_name=folder"], "is not a run directory"),
     ("launch with restarts under deepspeed", ["launch", "{recipe}", "--nproc", "2", "--launcher", "deepspeed", "--max-restarts", "1", "--dry-run"], "does not restart failed ranks"),
+    ("unknown generation mode", ["train", "{recipe}", "distributed.generation=everywhere"], "distributed.generation: Input should be 'auto', 'sharded' or 'local'"),
+    ("local generation that cannot fit", ["train", "{recipe}", "target.name=torchvision:resnet50", "mapping.operator=dense", "data.channels=3", "distributed.generation=local"], "use distributed.generation='sharded'"),
     ("fp64 under DeepSpeed", ["train", "{recipe}", "optim.precision=fp64", "distributed.deepspeed={{}}"], "optim.precision='fp64' runs plain PyTorch steps"),
 ]
 

@@ -22,8 +22,8 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mnist_cnn2.py"
 STEPS = 5
 COMMON = [
     "data.max_examples=640", f"optim.max_steps={STEPS}", "optim.batch_size=64", "output.log_every=1", "output.progress=false",
-    "optim.schedule=constant", "optim.lr=0.01", "optim.grad_clip=1.0",
-]
+    "optim.schedule=constant", "optim.lr=0.01", "optim.grad_clip=1.0", "distributed.generation=sharded",
+]  # sharded generation: each rank holds half the fixed state (local generation: tests/test_local_generation.py)
 PRETRAINED = ['mapping.tuned=["7.*","9.*"]']
 CASES = {
     "mapping": ["mapping.budget=256"],

@@ -104,8 +104,8 @@ def train_steps_on_rank(rank, world_size, just_in_time):
     model = build("cnn", "lwt", World.from_env(), ["conv1", "bn1", "conv2", "bn2", "fc"], per_unit=just_in_time)
     live, peak = [0], [0]
 
-    def tracked_gather(plan, index, local, group=None, gather=sharded.gather_unit):
-        out = gather(plan, index, local, group).clone()  # a base tensor: alive while any view of it (a unit's tensors) is
+    def tracked_gather(plan, index, local, group=None, gather=sharded.gather_unit, **counted):
+        out = gather(plan, index, local, group, **counted).clone()  # a base tensor: alive while any view of it (a unit's tensors) is
         size = out.numel() * out.element_size()
         live[0] += size
         peak[0] = max(peak[0], live[0])

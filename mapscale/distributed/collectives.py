@@ -16,37 +16,43 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mapscale.distributed.traffic import Traffic
+
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def all_gather_rows(local: Tensor, group=None) -> Tensor:
-    """``(L, ...) -> (N * L, ...)``: every rank's chunk, in rank order (no autograd)."""
+def all_gather_rows(local: Tensor, group=None, traffic: Traffic | None = None) -> Tensor:
+    """``(L, ...) -> (N * L, ...)``: every rank's chunk, in rank order (no autograd); counted in ``traffic``."""
     world = dist.get_world_size(group)
     out = local.new_empty((world * local.shape[0], *local.shape[1:]))
     _all_gather(out, local.contiguous(), group=group)
+    if traffic is not None:
+        traffic.add("all_gather", out.numel() * out.element_size(), world)
     return out
 
 
-def reduce_scatter_rows(full: Tensor, group=None) -> Tensor:
-    """``(N * L, ...) -> (L, ...)``: the SUM over ranks of each rank's chunk (no autograd)."""
+def reduce_scatter_rows(full: Tensor, group=None, traffic: Traffic | None = None) -> Tensor:
+    """``(N * L, ...) -> (L, ...)``: the SUM over ranks of each rank's chunk (no autograd); counted in ``traffic``."""
     world = dist.get_world_size(group)
     out = full.new_empty((full.shape[0] // world, *full.shape[1:]))
     _reduce_scatter(out, full.contiguous(), op=dist.ReduceOp.SUM, group=group)
+    if traffic is not None:
+        traffic.add("reduce_scatter", full.numel() * full.element_size(), world)
     return out
 
 
 class _GatherRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: Tensor, group) -> Tensor:
-        ctx.group = group
-        return all_gather_rows(local, group)
+    def forward(ctx, local: Tensor, group, traffic) -> Tensor:
+        ctx.group, ctx.traffic = group, traffic
+        return all_gather_rows(local, group, traffic)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return reduce_scatter_rows(grad, ctx.group), None
+        return reduce_scatter_rows(grad, ctx.group, ctx.traffic), None, None
 
 
-def gather_rows(local: Tensor, group=None) -> Tensor:
-    """Differentiable all-gather of equal-length row chunks (backward: SUM reduce-scatter)."""
-    return _GatherRows.apply(local, group)
+def gather_rows(local: Tensor, group=None, traffic: Traffic | None = None) -> Tensor:
+    """Differentiable all-gather of equal-length row chunks (backward: SUM reduce-scatter), counted in ``traffic``."""
+    return _GatherRows.apply(local, group, traffic)

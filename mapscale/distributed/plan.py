@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mapscale.distributed.traffic import ring_bytes
 from mapscale.mapping.layout import ParamLayout, TensorSpec
 
 REST_UNIT = "(rest)"
@@ -108,6 +109,20 @@ class ShardPlan:
     def mapping_numel(self, rank: int) -> int:
         """Mapping entries rank ``rank`` holds under this plan (a single process holds them all at N = 1)."""
         return sum(unit.mapping_numel(rank) for unit in self.units)
+
+    def step_bytes(self, trainable: int, element: int, *, sharded: bool, per_unit: bool = False) -> dict[str, float]:
+        """Bytes per rank per step by collective kind (`mapscale.distributed.traffic`), ``element`` bytes a value:
+        the all-reduce of ``trainable`` gradients; under ``sharded`` generation also each unit's all-gather (its
+        padded rows; twice for a module unit with ``per_unit``, whose backward regenerates it) and one
+        reduce-scatter of its gradient. What the counter must read for a step without control traffic."""
+        n = self.world_size
+        out = {"all_gather": 0.0, "reduce_scatter": 0.0, "all_reduce": ring_bytes("all_reduce", trainable * element, n)}
+        if sharded:
+            for unit in self.units:
+                size = unit.padded_rows * element
+                out["all_gather"] += (2 if per_unit and unit.name != REST_UNIT else 1) * ring_bytes("all_gather", size, n)
+                out["reduce_scatter"] += ring_bytes("reduce_scatter", size, n)
+        return out
 
     def max_mapping_numel(self) -> int:
         return max(self.mapping_numel(rank) for rank in range(self.world_size))

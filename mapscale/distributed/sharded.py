@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mapscale.distributed.collectives import gather_rows
 from mapscale.distributed.plan import ShardPlan
+from mapscale.distributed.traffic import Traffic
 from mapscale.distributed.world import World
 from mapscale.mapping.contract import Generator, Part, group_offsets, views
 from mapscale.mapping.layout import ParamLayout
@@ -56,7 +57,7 @@ def unit_ranges(plan: ShardPlan, layout: ParamLayout, rank: int) -> list[list[tu
 def part_of(plan: ShardPlan, layout: ParamLayout, world: World) -> Part:
     """Rank ``world.rank``'s `Part` of the generator's flat vector under ``plan``."""
     ranges = tuple(r for unit in unit_ranges(plan, layout, world.rank) for r in unit)
-    return Part(ranges=ranges, total=world.sum, index=world.rank, count=world.size)
+    return Part(ranges=ranges, total=lambda tensor: world.sum(tensor, control=True), index=world.rank, count=world.size)  # sums of fixed state
 
 
 class Sharded:
@@ -75,7 +76,7 @@ class Sharded:
         """The target tensors of unit ``index``: this rank's rows generated, the unit gathered, then assembled."""
         parts = [self.generator.generate(start, stop, latents) for start, stop in self.ranges[index]]
         local = torch.cat(parts) if len(parts) > 1 else parts[0] if parts else self._empty()  # (rows owned,)
-        flat = gather_unit(self.plan, index, local, self.world.group)  # (unit rows,): its tensors back to back
+        flat = gather_unit(self.plan, index, local, self.world.group, traffic=self.world.traffic)  # (unit rows,): its tensors back to back
         return self.generator.assemble(views(flat, self.unit_specs[index]))
 
     def _empty(self) -> Tensor:
@@ -108,13 +109,14 @@ def shard(model: MappedModel, plan: ShardPlan, world: World, *, per_unit: bool =
     return model
 
 
-def gather_unit(plan: ShardPlan, index: int, local: Tensor, group=None) -> Tensor:
-    """``(rows owned,) -> (unit rows,)``: pad to the unit's equal chunk, all-gather, drop the padding."""
+def gather_unit(plan: ShardPlan, index: int, local: Tensor, group=None, traffic: Traffic | None = None) -> Tensor:
+    """``(rows owned,) -> (unit rows,)``: pad to the unit's equal chunk, all-gather (counted in ``traffic``), drop
+    the padding."""
     if plan.world_size == 1:  # one process (per-unit gathering without ranks): nothing to gather
         return local
     unit = plan.units[index]
     chunk = unit.rows_per_rank
-    gathered = gather_rows(F.pad(local, (0, chunk - local.shape[0])), group).view(plan.world_size, chunk)
+    gathered = gather_rows(F.pad(local, (0, chunk - local.shape[0])), group, traffic).view(plan.world_size, chunk)
     lengths = [stop - start for start, stop in (unit.rank_range(r) for r in range(plan.world_size))]
     if all(length == chunk for length in lengths):
         return gathered.view(-1)

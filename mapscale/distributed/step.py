@@ -44,6 +44,7 @@ class TorchStep:
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.world.traffic.end_step()
 
     def last_lr(self) -> float:
         return self.schedule.get_last_lr()[0]
@@ -70,8 +71,11 @@ class DeepSpeedStep:
     steps the schedule. The mapping weights are buffers, so its broadcast of parameters from rank 0 at
     ``initialize`` leaves each rank's shard alone."""
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer, schedule, config: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer, schedule, config: dict[str, Any], world: World | None = None) -> None:
         import deepspeed  # imported only for DeepSpeed runs: it takes seconds
+
+        self.world = world or World()
+        self.world.traffic.counted = False  # the engine reduces the gradients with collectives of its own
 
         self.engine, self.optimizer, _, self.schedule = deepspeed.initialize(
             model=_Trainables(model, loss_fn), optimizer=optimizer, lr_scheduler=schedule, config=config
@@ -88,6 +92,7 @@ class DeepSpeedStep:
 
     def step(self) -> None:
         """Nothing left to do: the engine stepped at the step's last micro-batch."""
+        self.world.traffic.end_step()
 
     def last_lr(self) -> float:
         return self.engine.get_lr()[0]

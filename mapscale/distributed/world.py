@@ -5,12 +5,15 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+from mapscale.distributed.traffic import Traffic
 
 
 def attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
@@ -36,13 +39,15 @@ def attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
 
 @dataclass(frozen=True)
 class World:
-    """``rank`` of ``size`` processes, this process's ``device``, and the process ``group`` (None: default)."""
+    """``rank`` of ``size`` processes, this process's ``device``, the process ``group`` (None: default) and the
+    `Traffic` its collectives record (every collective mapscale issues counts itself there)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     group: object | None = None
+    traffic: Traffic = field(default_factory=Traffic, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -125,6 +130,7 @@ class World:
             return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.group)
+        self.traffic.add("broadcast", len(pickle.dumps(box[0])), self.size, control=True)
         return box[0]
 
     def any(self, flag: bool) -> bool:
@@ -134,14 +140,17 @@ class World:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        self.traffic.add("all_reduce", value.numel() * value.element_size(), self.size, control=True)
         return bool(value.item())
 
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The SUM over ranks of ``tensor`` (a new tensor on ``tensor``'s device)."""
+    def sum(self, tensor: torch.Tensor, *, control: bool = False) -> torch.Tensor:
+        """The SUM over ranks of ``tensor`` (a new tensor on ``tensor``'s device); ``control``: a sum that steers the
+        run (logged means, evaluation counts) rather than trains it, counted apart."""
         if not self.distributed:
             return tensor.clone()
         out = tensor.to(self.device, copy=True)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        self.traffic.add("all_reduce", out.numel() * out.element_size(), self.size, control=control)
         return out.to(tensor.device)
 
     def barrier(self) -> None:

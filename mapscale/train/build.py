@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,21 +30,25 @@ from mapscale.train.checkpoint import fingerprint, start_latents
 from mapscale.train.evaluate import model_dtype
 
 
-def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World | None = None) -> MappedModel:
+def build_model(recipe: Recipe, device: torch.device | str = "cpu", world: World | None = None, generation: str | None = None) -> MappedModel:
     """The recipe's target with its method applied (`mapscale.methods.METHODS` holds one builder per method).
     The target's default init is seeded by ``recipe.seed``, the method's fixed randomness by its ``seed``, so
     the same recipe builds the same model in every process. In a multi-rank ``world`` (or with
     ``distributed.gather="per-unit"``) a generating method's generator holds only this rank's part of the flat
-    vector (``distributed.units``) and `mapscale.distributed.shard` gathers the rest; on the meta device the
-    part is built for shapes and bytes only (``mapscale inspect``)."""
+    vector (``distributed.units``) and `mapscale.distributed.shard` gathers the rest, unless ``generation``
+    (``distributed.generation`` resolved by `resolve_generation`; None: resolved here) is ``local``, where each rank
+    builds the whole generator; on the meta device the part is built for shapes and bytes only (``mapscale inspect``)."""
     # fp64 builds in float64 throughout: the target's init, the latents' and adapters' draws and the fixed state.
     # float32 draws differ by an ulp with the CPU's vector width (measured: torch's uniform_ and normal_ under
     # ATEN_CPU_CAPABILITY=default against avx512 differ in half of 100,000 values; float64 draws not at all).
+    device = torch.device(device)
+    if world is not None and world.distributed and generation is None:
+        generation = resolve_generation(recipe, world, device).mode
     with default_dtype(model_dtype(recipe)):
-        return _build_model(recipe, torch.device(device), world)
+        return _build_model(recipe, device, world, generation == "local")
 
 
-def _build_model(recipe: Recipe, device: torch.device, world: World | None) -> MappedModel:
+def _build_model(recipe: Recipe, device: torch.device, world: World | None, local: bool) -> MappedModel:
     torch.manual_seed(recipe.seed)
     meta = device.type == "meta"
     method = METHODS[recipe.mapping.method]
@@ -53,7 +58,8 @@ def _build_model(recipe: Recipe, device: torch.device, world: World | None) -> M
         target = build_target(recipe.target.name, recipe.target.args, None if meta or method.pretrained else recipe.target.weights, recipe.task)
     target = target.to(dtype)  # before the method reads it: the layout records the dtype of every generated tensor
     per_unit = dist.gather == "per-unit"
-    sharded = world is not None and (world.distributed or per_unit)
+    owners = World() if world is None or local else world  # the ranks that share the fixed state: one, under local
+    sharded = world is not None and (owners.distributed or per_unit)
     if sharded and not method.generates and per_unit:
         raise ValueError(f"mapping.method={recipe.mapping.method!r} generates nothing to gather; use distributed.gather='whole'")
     sharded = sharded and method.generates
@@ -66,17 +72,85 @@ def _build_model(recipe: Recipe, device: torch.device, world: World | None) -> M
     plans: list[ShardPlan] = []
 
     def part(layout):
-        plans.append(ShardPlan.from_layout(layout, world.size, dist.units or None))
-        return part_of(plans[-1], layout, world)
+        plans.append(ShardPlan.from_layout(layout, owners.size, dist.units or None))
+        return part_of(plans[-1], layout, owners)
 
     model = method.build(recipe.mapping, Build(recipe, target, device, part if sharded else None))
     if sharded:
-        shard(model, plans[-1], world, per_unit=per_unit)
+        shard(model, plans[-1], owners, per_unit=per_unit)
     model = model.to(dtype)  # fp64: whatever a builder made in float32 (constants exact in float64) computes in float64
     if meta:
         return model
     _return_freed_memory()
     return model.to(device)
+
+
+LOCAL_SHARE = 0.25
+"""``distributed.generation='auto'`` picks ``local`` where the whole fixed state and one copy of the generated
+weights take at most this share of a rank's device memory (the rest is the activations' and the data's)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """``distributed.generation`` resolved for a run: ``mode`` (``local`` or ``sharded``), why, and the bytes behind
+    it (whole fixed state, peak generated weights of one rank under local, the rank's device memory)."""
+
+    mode: str
+    reason: str
+    fixed_bytes: int = 0
+    generated_bytes: int = 0
+    device_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "reason": self.reason, "fixed_bytes": self.fixed_bytes, "generated_bytes": self.generated_bytes, "device_bytes": self.device_bytes}
+
+
+def device_memory(device: torch.device, world: World) -> int:
+    """Bytes of memory one rank can count on: its GPU's, or this machine's RAM over the ranks on it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import psutil  # a dependency of deepspeed
+
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    return psutil.virtual_memory().total // max(ranks_here, 1)
+
+
+def local_bytes(recipe: Recipe) -> tuple[int, int]:
+    """``(fixed, generated)`` bytes one rank holds under local generation: the method's whole fixed state, and one
+    copy of the generated weights (the largest unit's with ``gather='per-unit'``), from shapes alone (meta)."""
+    model = build_model(recipe, "meta")
+    element = torch.empty((), dtype=model_dtype(recipe)).element_size()
+    layout = model.layout
+    if recipe.distributed.gather == "per-unit" and layout.groups:
+        plan = ShardPlan.from_layout(layout, 1, recipe.distributed.units or None)
+        return model.fixed_bytes(), max(unit.rows for unit in plan.units) * element
+    return model.fixed_bytes(), layout.num_generated * element
+
+
+def resolve_generation(recipe: Recipe, world: World, device: torch.device) -> Generation:
+    """``distributed.generation`` for this run: ``local`` in one process, for methods that generate nothing and
+    where asked or (``auto``) where `local_bytes` fit `LOCAL_SHARE` of `device_memory`; else ``sharded``.
+    Raises ValueError for ``local`` asked for (in one process too) that cannot fit the device's memory at all."""
+    chosen = recipe.distributed.generation
+    if not (world.distributed or chosen == "local"):
+        return Generation("local", "one process")
+    if not METHODS[recipe.mapping.method].generates:
+        return Generation("local", f"mapping.method={recipe.mapping.method!r} generates nothing: plain data parallel")
+    if chosen == "sharded":
+        return Generation("sharded", "distributed.generation='sharded'")
+    fixed, generated = local_bytes(recipe)
+    memory = device_memory(device, world) if device.type != "meta" else 0
+    need, gib = fixed + generated, lambda n: f"{n / 2**30:,.3f} GiB"
+    if chosen == "local":
+        if memory and need > memory:
+            raise ValueError(
+                f"distributed.generation='local' holds {gib(fixed)} of fixed state and {gib(generated)} of generated weights on "
+                f"every rank, more than its {gib(memory)} of memory; use distributed.generation='sharded' (or 'auto')"
+            )
+        return Generation("local", "distributed.generation='local'", fixed, generated, memory)
+    if memory and need <= LOCAL_SHARE * memory:
+        return Generation("local", f"auto: the whole fixed state ({gib(fixed)}) and the generated weights ({gib(generated)}) fit {LOCAL_SHARE:.0%} of a rank's {gib(memory)}", fixed, generated, memory)
+    return Generation("sharded", f"auto: the whole fixed state ({gib(fixed)}) and the generated weights ({gib(generated)}) exceed {LOCAL_SHARE:.0%} of a rank's {gib(memory)}", fixed, generated, memory)
 
 
 @contextmanager
@@ -229,6 +303,7 @@ class Prepared:
     updater: TorchStep | DeepSpeedStep
     batches_per_epoch: int
     total_steps: int
+    generation: dict = field(default_factory=dict)  # `Generation.as_dict` of the resolved distributed.generation
 
     @property
     def pieces(self) -> int:
@@ -249,7 +324,10 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     data = build_datasets(recipe.data, recipe.task)
     if recipe.data.augment_shift and len(data.input_shape) != 3:
         raise DataError(f"data.augment_shift moves images; the inputs of data.name={recipe.data.name!r} have shape {data.input_shape}")
-    model = build_model(recipe, device, world)
+    generation = resolve_generation(recipe, world, device)
+    if world.distributed:
+        console.print(f"generation: {generation.mode} ({generation.reason})")
+    model = build_model(recipe, device, world, generation.mode)
     check_units(recipe, model)
     check_vocabulary(model, data)
     note = getattr(model.target, "build_note", None)  # e.g. an hf: folder without weights, initialised afresh
@@ -273,9 +351,10 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     ds_config = recipe.distributed.deepspeed_config()
     if ds_config is not None and world.distributed:
         config = deepspeed_config(ds_config, batch_size=recipe.optim.batch_size, accumulation=accumulation, world=world, grad_clip=recipe.optim.grad_clip)
-        updater = DeepSpeedStep(model, loss_fn, optimizer, schedule, config)
+        updater = DeepSpeedStep(model, loss_fn, optimizer, schedule, config, world)
     else:
         if ds_config is not None:
             console.print("note: distributed.deepspeed applies on several ranks; one process steps with plain PyTorch (optim section)")
         updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world, accumulation)
-    return Prepared(recipe, world, device, data, model, loss_fn, params, updater, batches_per_epoch, total_steps)
+    world.traffic.reset()  # what building moved (calibration sums) is not a step's
+    return Prepared(recipe, world, device, data, model, loss_fn, params, updater, batches_per_epoch, total_steps, generation.as_dict())

@@ -54,7 +54,7 @@ def global_mean(weighted: dict[str, torch.Tensor], world: World) -> dict[str, fl
     if not weighted:
         return {}
     values = torch.stack(list(weighted.values()))
-    values = world.sum(values if values.dtype == torch.float64 else values.float()) / world.size  # fp64 runs log float64
+    values = world.sum(values if values.dtype == torch.float64 else values.float(), control=True) / world.size  # fp64 runs log float64
     return dict(zip(weighted, values.tolist()))
 
 

@@ -52,6 +52,8 @@ class RunResult:
     wall_seconds: float = 0.0
     interrupted: bool = False  # stopped before the last step, with a checkpoint to resume from
     signalled: bool = False  # ... because of SIGTERM / Ctrl-C (not a planned --stop-after)
+    traffic: dict = field(default_factory=dict)  # bytes per rank per step by kind (several ranks; `mapscale.distributed.traffic`)
+    generation: dict = field(default_factory=dict)  # distributed.generation as resolved: {"mode", "reason", ...}
 
     def save(self) -> None:
         (self.run_dir / RESULT).write_text(json.dumps({**asdict(self), "run_dir": str(self.run_dir)}, indent=2) + "\n")
@@ -61,6 +63,16 @@ class RunResult:
         """The result a run wrote when it ended, or None (a run still going, or killed)."""
         path = Path(run_dir) / RESULT
         return cls(**{**json.loads(path.read_text()), "run_dir": Path(run_dir)}) if path.exists() else None
+
+
+def train_record(run: Prepared, epoch: int, rate: float, out: LossOutput, terms: dict) -> dict:
+    """A logged training step: the ranks' mean loss terms, the loss coefficients, timings and (several ranks) the
+    bytes per rank per step moved since the last record, by kind."""
+    world = run.world
+    record = {"epoch": epoch, "lr": run.updater.last_lr(), "samples_per_s": rate, **global_mean(terms, world)}
+    record.update(world.traffic.take_per_step() if world.distributed else {})
+    record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
+    return record | {f"seconds_{k}": v for k, v in out.seconds.items()}
 
 
 def train(
@@ -103,9 +115,7 @@ def train(
                 step, steps_this_run = step + 1, steps_this_run + 1
                 throughput.add(len(batch))
                 if due(step, recipe.output.log_every, run.total_steps):
-                    record = {"epoch": epoch, "lr": run.updater.last_lr(), "samples_per_s": throughput.rate(), **global_mean(terms, world)}
-                    record.update({f"lambda_{k}": v.item() for k, v in out.coefficients.items()})
-                    record.update({f"seconds_{k}": v for k, v in out.seconds.items()})
+                    record = train_record(run, epoch, throughput.rate(), out, terms)
                     log.write(step, {"split": "train", **record})
                     progress.update(bar, loss=record["task"], rate=record["samples_per_s"])
                 if due(step, every_eval, run.total_steps):
@@ -139,6 +149,7 @@ def train(
         run_dir=run_dir, recipe_name=recipe.name, step=step, total_steps=run.total_steps,
         target_params=run.model.num_target_params(), trainable=sum(p.numel() for p in run.params), final=last_eval,
         final_train=final_train, final_validation=final_validation, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted, signalled=signalled,
+        traffic=world.traffic.per_step() if world.distributed else {}, generation=run.generation,
     )
     if world.is_main:
         result.save()

@@ -7,7 +7,7 @@ relative with the CPU's kernels and thread count (2e-4 for the 60-step ``main`` 
 ``ATEN_CPU_CAPABILITY``), as much as a 1% change of the learning rate moves some of them; in float64 they move
 by at most ~1e-14 (``bench/results/pinned_tolerance.md``)."""
 
-from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, TargetSection
+from mapscale.recipe import DataSection, DistributedSection, MappingMethod, OptimSection, Recipe, TargetSection
 
 
 class MnistCNN2(Recipe):
@@ -15,3 +15,4 @@ class MnistCNN2(Recipe):
     mapping = MappingMethod(grouping="slvt", budget=2048, budget_power=0.5, offset="init", operator="dense", modulation="multiplicative", modulation_scale=0.1, activation="identity")
     data = DataSection(name="shipped_mnist", test_size=1000)
     optim = OptimSection(optimizer="adam", lr=5e-2, epochs=8, batch_size=64, schedule="onecycle", warmup_fraction=0.15, precision="fp64")
+    distributed = DistributedSection(generation="sharded")  # the 2-rank case pins sharded generation (issue 27)
