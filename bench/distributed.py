@@ -96,7 +96,8 @@ def global_batch(channels: int, classes: int, batch: int, image_size: int) -> tu
 
 def bench_recipe(recipe: Recipe, batch: int) -> Recipe:
     """``recipe`` as the bench runs it (module docstring): task loss alone; SGD without momentum at the recipe's
-    rate, constant, fp32, no clipping, the global batch of ``batch`` in one micro-batch, no DeepSpeed; the shipped
+    rate, constant, fp32, no clipping, the global batch of ``batch`` in one micro-batch, no DeepSpeed, sharded
+    generation (``distributed.generation='auto'`` would pick local where the mapping fits); the shipped
     MNIST subset as the data `prepare` loads (the steps take the synthetic batch instead); the dense operator."""
     data = recipe.model_dump(mode="json")
     data["loss"] = {}
@@ -105,7 +106,7 @@ def bench_recipe(recipe: Recipe, batch: int) -> Recipe:
         "batch_size": batch, "accumulation_steps": 1, "max_steps": None, "precision": "fp32",
     }
     data["data"] = {"name": "shipped_mnist", "max_examples": batch}
-    data["distributed"] = {**data["distributed"], "deepspeed": None, "sync_batchnorm": False}
+    data["distributed"] = {**data["distributed"], "deepspeed": None, "sync_batchnorm": False, "generation": "sharded"}  # what this bench measures
     if data["mapping"]["method"] == "mapping":  # the dense mapping: what the sharding plan splits by rows
         data["mapping"]["operator"] = "dense"
     return Recipe.model_validate(data)

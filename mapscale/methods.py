@@ -148,9 +148,13 @@ class MappingMethod(_Generated):
     """The modulation scale alpha."""
     activation: Literal["identity", "tanh"] = "identity"
     """Activation of eq. 21."""
-    offset: Literal["mean", "init"] = "init"
+    offset: Literal["mean", "init", "seeded"] = "init"
     """``init`` (the default): start at the target's init weights; ``mean``: generated tensors start with the
-    target's init statistics. Equal within a std on CNN2 2,048 (validation, 3 seeds: SLVT 94.40 ± 0.43% init,
+    target's init statistics; ``seeded``: ``init`` around a ``theta_0`` that is not stored but redrawn on every
+    generation from (seed, tensor name) with the target's init family, mean and std of each tensor
+    (`mapscale.mapping.seeded_init`): a fixed state of 3 numbers per tensor instead of one per parameter, for
+    local generation on targets whose stored ``theta_0`` would not fit a rank; not for pretrained
+    ``target.weights``, which cannot be redrawn. Equal within a std on CNN2 2,048 (validation, 3 seeds: SLVT 94.40 ± 0.43% init,
     94.60 ± 0.49% mean; LWT 93.60 ± 0.57%, 93.73 ± 0.38%); ``mean`` stores no ``theta_0`` (fixed state: nothing
     per parameter under the sparse operator), ``init`` starts at the target's own weights."""
     variant: Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"] = "mapping"
@@ -187,7 +191,7 @@ class MappingMethod(_Generated):
         return self
 
     def check_loss(self, loss: LossSection) -> None:
-        starts_at_zero = self.offset == "init" and not self.latent_init_std and self.latent_from is None
+        starts_at_zero = self.offset in ("init", "seeded") and not self.latent_init_std and self.latent_from is None
         if starts_at_zero and loss.alignment is not None:
             # Measured (bench/peers.py notes): CNN2 SLVT 1,024 with alignment 1e-2 stayed at chance for 60 steps.
             raise ValueError(
@@ -345,6 +349,14 @@ def build_mapping(section: MappingMethod, build: Build) -> MappedModel:
     from mapscale.mapping.lowrank import low_rank_model
     from mapscale.mapping.mapped import map_model
 
+    if section.offset == "seeded" and not build.meta:
+        from mapscale.targets import ships_weights
+
+        if build.recipe.target.weights is not None or ships_weights(build.recipe.target.name):
+            raise ValueError(
+                f"mapping.offset='seeded' redraws theta_0 from the seed, and {build.recipe.target.weights or build.recipe.target.name} holds pretrained "
+                "weights, which cannot be redrawn; use mapping.offset='init' (or mapping.method='finetune')"
+            )
     common = dict(
         seed=section.seed, trainable=_each(section.trainable), frozen=_each(section.frozen), budget_rule=section.budget_rule(),
         device=build.layout_device, part=build.part, **section.generator_options(),

@@ -33,6 +33,7 @@ GENERATING = {
     "subspace": ["mapping.method=subspace", "mapping.budget=256"],
     "rpg": ["mapping.method=rpg", "mapping.budget=256", "mapping.grouping=lwt"],
     "finetune": ["mapping.method=finetune", "mapping.budget=64", *PRETRAINED],
+    "seeded": ["mapping.budget=256", "mapping.offset=seeded"],  # theta_0 redrawn from the seed: no target.weights
 }
 
 
@@ -43,7 +44,8 @@ def overrides(case: str, folder: Path, name: str, *extra: str) -> list[str]:
         from mapscale.targets import cnn2
 
         torch.save(cnn2().state_dict(), weights)
-    return [*COMMON, *GENERATING[case], f"target.weights={weights}", f"output.root={folder}", f"output.run_name={name}", *extra]
+    pretrained = [] if case == "seeded" else [f"target.weights={weights}"]
+    return [*COMMON, *GENERATING[case], *pretrained, f"output.root={folder}", f"output.run_name={name}", *extra]
 
 
 def torchrun(*argv: str) -> str:

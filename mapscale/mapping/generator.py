@@ -16,7 +16,10 @@ the mean and standard deviation of the target's own default initialisation of it
 ``in_*`` standardise ``u_t``, ``out_*`` restore the target's statistics), or so that the run starts at
 the target's initial weights ``theta_0`` (``offset="init"``: ``base_t = theta_0``, latents start at 0 and a
 latent with unit-variance entries moves a tensor by one init standard deviation; with ``act=identity`` this
-is random-subspace training, ``theta = theta_0 + P z``). Tensors whose default init is a constant (norm
+is random-subspace training, ``theta = theta_0 + P z``). ``offset="seeded"`` is ``init`` around a ``theta_0``
+that is not stored: regenerated on every generation, tensor by tensor, from (seed, tensor name) by a
+counter-based generator drawing from the target's own init distribution of the tensor
+(`mapscale.mapping.seeded_init`): a fixed state of a few numbers per tensor instead of one per parameter. Tensors whose default init is a constant (norm
 weights, zero biases) get ``constant_init_std`` instead of their zero spread, or they could never move.
 
 Variants (the paper's Table 7): ``"mapping"`` trains only the latents; ``"full-dnn"`` freezes the latents and
@@ -37,16 +40,18 @@ from torch import Tensor, nn
 from mapscale.mapping.contract import WHOLE, Assembly, Part, copy_latents, from_pieces, generate_tensors, held_bytes, piece_ranges, pieces, with_aliases
 from mapscale.mapping.layout import ParamLayout, TensorSpec
 from mapscale.mapping.operators import OPERATORS, group_transforms, mapping_key, share_group_state
+from mapscale.mapping.seeded_init import init_statistics, seeded_values, tensor_key
 
 Modulation = Literal["additive", "multiplicative", "none"]
 Activation = Literal["identity", "tanh"]
-Offset = Literal["mean", "init"]
+Offset = Literal["mean", "init", "seeded"]
 Variant = Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"]
 
 MODULATIONS = ("additive", "multiplicative", "none")
 ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh}
 ACTIVATION_SLOPES = {"identity": torch.ones_like, "tanh": lambda x: 1 - torch.tanh(x) ** 2}
-OFFSETS = ("mean", "init")
+OFFSETS = ("mean", "init", "seeded")
+AROUND_THETA0 = ("init", "seeded")  # offsets that start at a theta_0 (base_t = theta_0, latents from 0)
 # variant -> (latents trainable, mapping weights trainable, separate modulation vector)
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {
     "mapping": (True, False, False),
@@ -63,11 +68,12 @@ class GeneratorConfig:
     seed: keys the mapping weights (with each group's name) and the latent init.
     modulation / modulation_scale: the paper's eq. 20 form and its ``alpha`` (see the module docstring).
     activation: the paper's unnamed ``sigma`` of eq. 21.
-    offset: ``"mean"`` (pure generation, statistics matched) or ``"init"`` (around the target's ``theta_0``).
+    offset: ``"mean"`` (pure generation, statistics matched), ``"init"`` (around the target's ``theta_0``) or
+        ``"seeded"`` (around a ``theta_0`` regenerated from the seed with the target's init statistics).
     variant: which of the paper's Table 7 variants trains what.
     operator: the name of a fixed mapping operator in ``OPERATORS``.
     latent_init_std: std of the seeded normal latent init; None means 1.0 for ``offset="mean"``, 0.0 for
-        ``"init"`` (start exactly at ``theta_0``).
+        ``"init"`` and ``"seeded"`` (start exactly at ``theta_0``).
     latent_seed: keys the latent init instead of ``seed`` (None: ``seed``). The calibration of the fixed
         per-tensor scales always uses the latents drawn from ``seed``, so generators differing only in
         ``latent_seed`` generate the same weights from the same latents: one mapping, other starting points.
@@ -108,7 +114,7 @@ class GeneratorConfig:
     def resolved_latent_init_std(self) -> float:
         if self.latent_init_std is not None:
             return float(self.latent_init_std)
-        return 1.0 if self.offset == "mean" else 0.0
+        return 1.0 if self.offset == "mean" else 0.0  # init, seeded: start at theta_0
 
 
 def _one_of(field: str, value, allowed) -> None:
@@ -146,7 +152,8 @@ class MappingGenerator(nn.Module):
     (`mapscale.mapping.contract.Generator`).
 
     ``init_tensors`` maps each generated tensor's name to the target's default-initialised value of it;
-    only its statistics are kept (and, for ``offset="init"``, the values themselves as ``theta_0``).
+    only its statistics are kept (and, for ``offset="init"``, the values themselves as ``theta_0``; for
+    ``"seeded"``, its init family, mean and std, from which `theta_0` is redrawn).
     ``part``: the column ranges held (default: all); a part builds only its mapping columns, from the seed.
     """
 
@@ -195,6 +202,8 @@ class MappingGenerator(nn.Module):
                 )
             )
             share_group_state(self.operators[-1], index, shared)  # the seeded orthonormalizer, the sparse tables
+            if config.offset == "seeded":
+                self._seeded_base_state(k, init_tensors, device)
             if config.offset == "init":
                 base = torch.cat([init_tensors[t.name].detach().reshape(-1).to(layout.compute_dtype) for t in group.tensors])[start:stop].clone()
                 self.register_buffer(f"base_{k}", base.to(device), persistent=False)  # (stop - start,), not a view of the group
@@ -214,6 +223,29 @@ class MappingGenerator(nn.Module):
             numels = torch.tensor([t.numel for t in group.tensors], device=device)
             self.register_buffer(f"numels_{index}", numels, persistent=False)  # (num tensors,)
         self._totals: dict = {}
+
+    def _seeded_base_state(self, k: int, init_tensors: Mapping[str, Tensor], device: torch.device) -> None:
+        """``offset="seeded"``: piece ``k``'s recipe for ``theta_0``: per tensor it holds a part of, the counter
+        key, init family, mean and std (``(3, tensors)`` float64 buffer ``theta0_stats_k``, counted as fixed
+        state) and the element range held."""
+        index, start, stop = self.pieces[k]
+        held = []
+        for spec in self.layout.groups[index].tensors:
+            lo, hi = max(start, spec.offset), min(stop, spec.offset + spec.numel)
+            if lo < hi:
+                stats = (0, 0.0, 0.0) if device.type == "meta" else init_statistics(init_tensors[spec.name])
+                held.append((tensor_key(self.config.seed, spec.name), *stats, lo - spec.offset, hi - spec.offset))
+        table = torch.tensor([h[1:4] for h in held], dtype=torch.float64).T.reshape(3, len(held))
+        self.register_buffer(f"theta0_stats_{k}", table.to(device), persistent=False)
+        self.__dict__.setdefault("_seeded_pieces", {})[k] = held
+
+    def theta0_piece(self, k: int) -> Tensor:
+        """``(stop - start,)``: ``theta_0`` on piece ``k``: the stored init weights (``offset="init"``), or
+        redrawn from the seed tensor by tensor (``offset="seeded"``, `mapscale.mapping.seeded_init`)."""
+        if self.config.offset == "init":
+            return getattr(self, f"base_{k}")
+        dtype, device = self.layout.compute_dtype, getattr(self, f"theta0_stats_{k}").device
+        return _joined([seeded_values(key, int(family), mean, std, lo, hi, dtype, device) for key, family, mean, std, lo, hi in self._seeded_pieces[k]])
 
     def _clipped_numels(self, k: int) -> Tensor:
         """``(num tensors,)`` elements of each of the group's tensors inside piece ``k`` (0 for those outside)."""
@@ -281,12 +313,12 @@ class MappingGenerator(nn.Module):
         act = ACTIVATIONS[self.config.activation]
         held, sizes = self._segments(k)
         segments = raw.split(sizes)
-        if self.config.offset == "init":  # shifts are 0: theta = theta_0 + out_scale * act(in_scale * u)
+        if self.config.offset in AROUND_THETA0:  # shifts are 0: theta = theta_0 + out_scale * act(in_scale * u)
             if self.config.activation == "identity":  # one product per element: theta = theta_0 + (out_scale in_scale) u
                 out = [u * (affine[0, t] * affine[2, t]) for u, t in zip(segments, held)]
             else:
                 out = [act(u * affine[0, t]) * affine[2, t] for u, t in zip(segments, held)]
-            return _joined(out) + getattr(self, f"base_{k}")
+            return _joined(out) + self.theta0_piece(k)
         return _joined([act(u * affine[0, t] + affine[1, t]) * affine[2, t] + affine[3, t] for u, t in zip(segments, held)])
 
     def _per_element_affine(self, k: int) -> tuple[Tensor, ...]:
@@ -312,8 +344,8 @@ class MappingGenerator(nn.Module):
             affine = getattr(self, f"affine_{self.pieces[k][0]}")[:, held[0]]
             coefficients, _ = self.coefficients(self.pieces[k][0], latent)
             out = self.operators[k](coefficients * (affine[0] * affine[2]))
-            if self.config.offset == "init":
-                return out + getattr(self, f"base_{k}")
+            if self.config.offset in AROUND_THETA0:
+                return out + self.theta0_piece(k)
             return out + (affine[1] * affine[2] + affine[3])
         return self.postprocess_piece(k, self.raw_piece(k, latent))
 
@@ -469,7 +501,7 @@ class MappingGenerator(nn.Module):
                 target_std = theta0.std(unbiased=False).item() if theta0.numel() > 1 else 0.0
                 if target_std <= 1e-12 * max(1.0, abs(theta0.mean().item())):
                     target_std = self.config.constant_init_std
-                if self.config.offset == "init":
+                if self.config.offset in AROUND_THETA0:
                     # theta = theta_0 + out_scale * act(in_scale * u): exactly theta_0 at z = 0.
                     rows.append([reference_scale, 0.0, target_std, 0.0])
                     continue
@@ -477,7 +509,7 @@ class MappingGenerator(nn.Module):
                 in_scale = 1.0 / spread if spread > 1e-12 else reference_scale
                 rows.append([in_scale, -u_mean * in_scale, target_std, theta0.mean().item()])
             affines.append(torch.tensor(rows, dtype=torch.float64))
-        if self.config.offset == "init":
+        if self.config.offset in AROUND_THETA0:
             return [a.T.contiguous().to(self.layout.compute_dtype).to(device) for a in affines]
 
         # Second pass: the spread of act(standardised u), so out_* restore the target's mean and std.
@@ -499,7 +531,8 @@ class MappingGenerator(nn.Module):
 
     def fixed_bytes(self) -> int:
         """Bytes of the fixed state held: the mapping operators' columns (a trained full-dnn mapping is not
-        fixed and not counted), ``theta_0`` for ``offset="init"`` and the per-tensor constants; a part's share.
+        fixed and not counted), ``theta_0`` for ``offset="init"`` (for ``"seeded"``: 3 numbers per tensor) and the
+        per-tensor constants; a part's share.
         Not the assembly's tensors: fine-tuning's pretrained weights are the target's, not the method's."""
         own = [t for name, t in self.named_buffers() if not name.startswith("assembly.")]
         return held_bytes(self, own + [p for p in self.parameters() if not p.requires_grad])
