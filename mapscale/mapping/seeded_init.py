@@ -48,9 +48,11 @@ def tensor_key(seed: int, name: str) -> int:
 
 
 def _mul32(x: Tensor, constant: int) -> Tensor:
-    """``x * constant mod 2**32`` for ``x`` < 2**32 (int64), with no product past 2**48."""
-    low, high = constant & 0xFFFF, constant >> 16
-    return (x * low + (((x * high) & 0xFFFF) << 16)) & MASK32
+    """``x * constant mod 2**32`` for ``x`` < 2**32 held in int64, with no product past 2**63: a constant past
+    2**31 is split as ``c' + 2**31``, and ``x * 2**31 mod 2**32`` is ``x``'s lowest bit moved to bit 31."""
+    if constant < 2**31:
+        return (x * constant) & MASK32
+    return (x * (constant - 2**31) + ((x & 1) << 31)) & MASK32
 
 
 def _hash32(x: Tensor) -> Tensor:
@@ -62,14 +64,22 @@ def _hash32(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def _uniforms(key: int, counters: Tensor) -> tuple[Tensor, Tensor]:
-    """Two float64 uniforms in (0, 1) per counter (int64, < 2**62): pure functions of (key, counter)."""
-    k = [(key >> shift) & MASK32 for shift in (0, 32)]
-    h = _hash32((counters & MASK32) ^ k[0])
-    h = _hash32(h ^ (counters >> 32) ^ k[1])
-    a, b = _hash32(h ^ 0x68E31DA4), _hash32(h ^ 0xB5297A4D)
-    scale = 1.0 / 2**32
-    return (a.to(torch.float64) + 0.5) * scale, (b.to(torch.float64) + 0.5) * scale
+def _counter_hash(key: int, counters: Tensor) -> Tensor:
+    """32 random bits per counter (int64, < 2**62): two rounds of `_hash32`, the key's halves xor-ed in before
+    each (one round alone would give keys differing in low bits permutations of one another's values)."""
+    h = _hash32((counters & MASK32) ^ (key & MASK32))
+    return _hash32(h ^ (counters >> 32) ^ ((key >> 32) & MASK32))
+
+
+def _unit(bits: Tensor) -> Tensor:
+    """32 random bits -> a float64 uniform in (0, 1), never 0 (the Box-Muller logarithm)."""
+    return (bits.to(torch.float64) + 0.5) * (1.0 / 2**32)
+
+
+CPU_CHUNK = 2**16
+"""Elements drawn at a time on a CPU: the hash's int64 temporaries then stay in cache. Measured on one thread
+(2-core AMD EPYC) for a 38.6M-element tensor: 19 ns an element (normal) and 12 (uniform) in chunks of 2**16,
+against 132 and 152 in one pass; 2**14 and 2**18 are within 10% of 2**16. Other devices draw in one pass."""
 
 
 def seeded_values(key: int, family: int, mean: float, std: float, start: int, stop: int, dtype: torch.dtype, device=None) -> Tensor:
@@ -77,12 +87,25 @@ def seeded_values(key: int, family: int, mean: float, std: float, start: int, st
     count = stop - start
     if family == CONSTANT or count <= 0:
         return torch.full((max(count, 0),), mean, dtype=dtype, device=device)
+    if count > CPU_CHUNK and torch.device(device or "cpu").type == "cpu":
+        out = torch.empty(count, dtype=dtype)
+        for lo in range(start, stop, CPU_CHUNK):
+            hi = min(stop, lo + CPU_CHUNK)
+            out[lo - start : hi - start] = _draw(key, family, mean, std, lo, hi, dtype, device)
+        return out
+    return _draw(key, family, mean, std, start, stop, dtype, device)
+
+
+def _draw(key: int, family: int, mean: float, std: float, start: int, stop: int, dtype: torch.dtype, device) -> Tensor:
+    count = stop - start
     if family == UNIFORM:
-        u, _ = _uniforms(key, torch.arange(start, stop, dtype=torch.int64, device=device))
+        u = _unit(_counter_hash(key, torch.arange(start, stop, dtype=torch.int64, device=device)))
         return ((u * 2 - 1) * (math.sqrt(3.0) * std) + mean).to(dtype)
-    # Box-Muller: pair j gives elements 2j (cosine) and 2j + 1 (sine).
+    # Box-Muller: pair j gives elements 2j (cosine) and 2j + 1 (sine), from two uniforms: the pair's bits and
+    # their hash.
     pairs = torch.arange(start // 2, (stop + 1) // 2, dtype=torch.int64, device=device)
-    u, v = _uniforms(key, pairs)
+    bits = _counter_hash(key, pairs)
+    u, v = _unit(bits), _unit(_hash32(bits ^ 0x68E31DA4))
     radius, angle = torch.sqrt(-2 * torch.log(u)), (2 * math.pi) * v
     both = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1).reshape(-1)  # (2 * pairs,)
     first = start - 2 * (start // 2)
