@@ -381,7 +381,7 @@ def build_peer(section: SubspaceMethod | RpgMethod, build: Build) -> MappedModel
 def build_finetune(section: FinetuneMethod, build: Build) -> MappedModel:
     """The pretrained ``target.weights`` loaded (a tuned head may differ in shape and keep its seeded init), then
     modulated by generated elements."""
-    from mapscale.mapping.finetune import finetune_model, load_pretrained
+    from mapscale.mapping.finetune import finetune_model, keep_pretrained_dtypes, load_pretrained
     from mapscale.targets import load_state_dict, ships_weights
 
     recipe, tuned = build.recipe, _each(section.tuned)
@@ -392,7 +392,10 @@ def build_finetune(section: FinetuneMethod, build: Build) -> MappedModel:
                 "download them (for torchvision:resnet50, torchvision's IMAGENET1K_V1 file "
                 "https://download.pytorch.org/models/resnet50-0676ba61.pth) and give target.weights=/path/resnet50.pth"
             )
-        load_pretrained(build.target, load_state_dict(recipe.target.weights), tuned)
+        state = load_state_dict(recipe.target.weights)
+        load_pretrained(build.target, state, tuned)
+        if recipe.optim.precision == "bf16":  # autocast reads them in bf16: a bf16 checkpoint stays bf16 (not fp32)
+            keep_pretrained_dtypes(build.target, state)
     return finetune_model(
         build.target, tuned, section.block_size, section.form, section.scale, selectors(section.grouping), section.budget,
         seed=section.seed, trainable=_each(section.trainable), budget_rule=section.budget_rule(), device=build.layout_device, part=build.part,

@@ -177,3 +177,42 @@ def test_train_two_steps_on_mnist_starts_at_pretrained_and_resumes(tmp_path):
     assert not any(k.startswith("target.") and k.endswith(("weight", "bias")) for k in checkpoint), "pretrained weights are re-read, never checkpointed"
     _, loaded, _ = load_run(tmp_path / "straight")
     assert loaded.generator.latents[0].abs().sum() > 0
+
+
+def test_a_bf16_checkpoint_stays_bf16_under_bf16_precision(tmp_path):
+    """Pretrained weights that cannot be regenerated are held in the checkpoint's own dtype, not fp32, where the
+    run autocasts to bf16 (issue 27): half the bytes of the frozen target, and nothing else changes: autocast
+    rounds an upcast copy to the same bf16 values, so the run logs the losses of one holding them upcast."""
+    torch.manual_seed(5)
+    weights = tmp_path / "cnn2_bf16.pt"
+    torch.save({k: v.to(torch.bfloat16) for k, v in cnn2().state_dict().items()}, weights)
+    upcast = tmp_path / "cnn2_upcast.pt"
+    torch.save({k: v.float() for k, v in torch.load(weights).items()}, upcast)  # the same values, in fp32
+    common = [
+        "mapping.method=finetune", "mapping.tuned=[\"7.*\", \"9.*\"]", "mapping.block_size=25", "mapping.budget=64", "optim.precision=bf16",
+        "data.max_examples=640", "optim.batch_size=64", "optim.max_steps=6", "output.log_every=1", "output.progress=false", f"output.root={tmp_path}",
+        "optim.schedule=constant", "optim.lr=0.3",
+    ]
+    half = build_model(load_recipe("recipes/mnist_cnn2.py", [*common, f"target.weights={weights}"]))
+    full = build_model(load_recipe("recipes/mnist_cnn2.py", [*common, f"target.weights={upcast}"]))
+
+    def frozen_bytes(model):
+        tensors = [*model.target.parameters(), *model.generator.assembly.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors), {t.dtype for t in tensors}
+
+    (half_bytes, half_dtypes), (full_bytes, full_dtypes) = frozen_bytes(half), frozen_bytes(full)
+    assert half_dtypes == {torch.bfloat16} and full_dtypes == {torch.float32}
+    assert half_bytes * 2 == full_bytes
+    assert all(p.dtype == torch.float32 for p in half.parameters() if p.requires_grad)  # the latents train in fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(half(X), full(X))
+
+    def losses(name, path):
+        recipe = load_recipe("recipes/mnist_cnn2.py", [*common, f"target.weights={path}"])
+        write_run_files(tmp_path / name, recipe, None, [])
+        train(recipe, tmp_path / name, device="cpu")
+        return [r["task"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+    kept, upcast_losses = losses("bf16", weights), losses("upcast", upcast)
+    assert len(kept) == 6 and len(set(kept)) > 1 and all(math.isfinite(v) for v in kept)
+    assert kept == upcast_losses

@@ -107,6 +107,23 @@ def load_pretrained(model: nn.Module, state: Mapping[str, Tensor], tuned: Iterab
     return kept
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def keep_pretrained_dtypes(model: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """Hold ``model``'s tensors in the dtype of their pretrained values where that is bfloat16 or float16 (a
+    frozen 7B checkpoint in bf16 stays 2 bytes a weight instead of 4); returns the names cast. For runs that
+    autocast to bf16 (``optim.precision='bf16'``), whose matmuls read the weights in bf16 anyway."""
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    cast = []
+    for name, value in state.items():
+        tensor = own.get(name)
+        if tensor is not None and value.dtype in HALF_DTYPES and tensor.is_floating_point() and tensor.dtype != value.dtype and tensor.shape == value.shape:
+            tensor.data = tensor.data.to(value.dtype)
+            cast.append(name)
+    return cast
+
+
 class Elements(nn.Module):
     """The fine-tuning assembly of a `MappingGenerator` over the element layout: each tuned tensor is its
     pretrained value modulated by its ``(E_t,)`` generated elements. The pretrained tensors are non-persistent
@@ -204,7 +221,9 @@ def finetune_model(
         device = next(model.parameters()).device
 
     # The element layout groups elements by the tuned tensors' own paths: one (E_t,) vector per tensor.
-    element_module = shape_module({spec.name: (num_elements(spec.numel, block_size),) for spec in tuned_specs}, dtype=specs[0].dtype)
+    # Elements compute in the run's dtype, not a half-precision checkpoint's (`keep_pretrained_dtypes`).
+    compute = next((s.dtype for s in specs if s.dtype not in HALF_DTYPES), torch.float32)
+    element_module = shape_module({spec.name: (num_elements(spec.numel, block_size),) for spec in tuned_specs}, dtype=compute)
     total = sum(num_elements(s.numel, block_size) for s in tuned_specs)
     if not isinstance(budget, Mapping) and isinstance(budget, int) and not isinstance(budget, bool) and budget > total:
         budget = total  # a group has at most as many orthonormal rows as elements

@@ -78,7 +78,9 @@ def _build_model(recipe: Recipe, device: torch.device, world: World | None, loca
     model = method.build(recipe.mapping, Build(recipe, target, device, part if sharded else None))
     if sharded:
         shard(model, plans[-1], owners, per_unit=per_unit)
-    model = model.to(dtype)  # fp64: whatever a builder made in float32 (constants exact in float64) computes in float64
+    # fp64: whatever a builder made in float32 (constants exact in float64) computes in float64. Tensors a builder
+    # keeps in half precision (a bf16 checkpoint's frozen weights under optim.precision='bf16') stay as they are.
+    model = model._apply(lambda t: t.to(dtype) if t.is_floating_point() and t.dtype not in (torch.bfloat16, torch.float16) else t)
     if meta:
         return model
     _return_freed_memory()
