@@ -22,7 +22,7 @@ synthetic for images (fixed seed) and the recipe's first training windows for te
 Each configuration: one warm-up step, then ``--steps`` timed steps (between barriers), the counter reset after
 the warm-up; then generation alone (``model.generated_tensors()`` under no grad: this rank's share and, under
 sharded, the all-gather) timed as many times; then one untimed forward and backward with every generated unit
-tensor tracked (a weak reference per gathered unit, as `tests/test_local_generation.py` does) for the peak
+tensor tracked (`mapscale.distributed.sharded.track_gathered_units`: a weak reference per unit) for the peak
 bytes of generated weights alive at once. Under whole-model local generation the peak is the generated
 tensors' storage, counted the same way from the tensors.
 
@@ -63,7 +63,6 @@ import socket
 import sys
 import time
 import warnings
-import weakref
 from datetime import datetime
 from pathlib import Path
 
@@ -74,7 +73,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mapscale.distributed.plan import REST_UNIT, ShardPlan
-from mapscale.distributed.traffic import Traffic, ring_bytes
+from mapscale.distributed.traffic import Traffic, byte_size, ring_bytes
 from mapscale.distributed.world import World
 from mapscale.recipe import Recipe, load_recipe
 from mapscale.train import build_model, prepare, train_step
@@ -144,28 +143,15 @@ def timed(world: World, fn, repeats: int) -> float:
 def tracked_peak(run, inputs, targets) -> int:
     """Peak bytes of generated weights alive at once in one forward and backward, counted from the tensors: each
     gathered unit (a weak reference drops it from the count when freed) or, without units, the generated dict."""
-    from mapscale.distributed import sharded
+    from mapscale.distributed.sharded import track_gathered_units
 
     model = run.model
     if model.sharding is None:
         tensors = model.generated_tensors()
         return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors.values()}.values())
-    live, peak, original = [0], [0], sharded.gather_unit
-
-    def gather(plan, index, local, group=None, **counted):
-        out = original(plan, index, local, group, **counted).clone()  # a base of its own, alive while its views are
-        size = out.numel() * out.element_size()
-        live[0] += size
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(out, lambda: live.__setitem__(0, live[0] - size))
-        return out
-
-    sharded.gather_unit = gather
-    try:
+    with track_gathered_units() as generated:
         run.loss_fn(model(inputs), targets).total.backward()
-    finally:
-        sharded.gather_unit = original
-    return peak[0]
+    return generated.peak
 
 
 def mapped_rank(recipe: Recipe, batch: int, image_size: int | None, steps: int) -> dict:
@@ -303,13 +289,6 @@ def projection(name: str, measured: dict, plan: ShardPlan, element: int = 4) -> 
     return rows
 
 
-def fmt_bytes(count: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:,.2f} {unit}"
-    return f"{count:,.0f} B"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=["resnet50", "gpt2"], choices=list(TARGETS))
@@ -372,9 +351,9 @@ def report_measured(console: Console, name: str, m: dict) -> None:
     for label, r in m["modes"].items():
         t = r["traffic"]
         total = sum(t[k] for k in ("all_reduce", "all_gather", "reduce_scatter", "broadcast"))
-        table.add_row(label, fmt_bytes(t["all_reduce"]), fmt_bytes(t["all_gather"]), fmt_bytes(t["reduce_scatter"]), fmt_bytes(total),
-                      f"{ddp_total / total:,.{0 if ddp_total >= 10 * total else 2}f}x", f"{r['step_s']:.3f}", f"{r['generate_s']:.3f}", fmt_bytes(r["fixed_bytes"]), fmt_bytes(r["peak_generated"]))
-    table.add_row("DDP full training", fmt_bytes(ddp["traffic"]["all_reduce"]), "0 B", "0 B", fmt_bytes(ddp_total), "1x", f"{ddp['step_s']:.3f}",
+        table.add_row(label, byte_size(t["all_reduce"]), byte_size(t["all_gather"]), byte_size(t["reduce_scatter"]), byte_size(total),
+                      f"{ddp_total / total:,.{0 if ddp_total >= 10 * total else 2}f}x", f"{r['step_s']:.3f}", f"{r['generate_s']:.3f}", byte_size(r["fixed_bytes"]), byte_size(r["peak_generated"]))
+    table.add_row("DDP full training", byte_size(ddp["traffic"]["all_reduce"]), "0 B", "0 B", byte_size(ddp_total), "1x", f"{ddp['step_s']:.3f}",
                   "-", "-", "-")
     table.add_row("bare target, no DDP", "-", "-", "-", "-", "-", f"{m['plain_s']:.3f}", "-", "-", "-")
     console.print(table)

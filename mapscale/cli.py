@@ -424,6 +424,7 @@ def search(
 
 def _print_layout(recipe, world_size: int) -> None:
     from mapscale.distributed.plan import ShardPlan
+    from mapscale.distributed.traffic import gib
     from mapscale.distributed.world import World
     from mapscale.train import build_loss, build_model, trainable_parameters
 
@@ -454,9 +455,9 @@ def _print_layout(recipe, world_size: int) -> None:
         ("trainable parameters", f"{trainable:,}"),
         ("reduction", f"{model.num_target_params() / max(trainable, 1):,.1f}x"),
         ("groups", f"{len(layout.groups)}"),
-        (f"fixed state of mapping.method={recipe.mapping.method!r}", _gib(model.fixed_bytes())),
-        *([("a dense fp32 mapping of this layout would hold", _gib(layout.mapping_numel * 4))] if layout.groups else []),
-        (f"fixed state on the heaviest rank, world size {world_size}", _gib(max(per_rank))),
+        (f"fixed state of mapping.method={recipe.mapping.method!r}", gib(model.fixed_bytes())),
+        *([("a dense fp32 mapping of this layout would hold", gib(layout.mapping_numel * 4))] if layout.groups else []),
+        (f"fixed state on the heaviest rank, world size {world_size}", gib(max(per_rank))),
     ]:
         summary.add_row(key, value)
     console.print(summary)
@@ -468,34 +469,23 @@ def _print_modes(recipe, model, plan, per_rank: list[int], trainable: int) -> No
     import torch
 
     from mapscale.distributed.world import World
+    from mapscale.distributed.traffic import byte_size
     from mapscale.train.build import local_bytes, resolve_generation
     from mapscale.train.evaluate import model_dtype
 
     element = torch.empty((), dtype=model_dtype(recipe)).element_size()
     per_unit = recipe.distributed.gather == "per-unit"
-    fixed, generated = local_bytes(recipe)
+    fixed, generated = local_bytes(recipe, model)
     table = Table(title=f"distributed.generation over {plan.world_size} ranks" + (" (gather='per-unit')" if per_unit else ""))
     for column in ("mode", "fixed state per rank", "peak generated per rank", "all-gather / step", "reduce-scatter / step", "all-reduce / step", "total / step"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for mode, held in (("sharded", max(per_rank)), ("local", fixed)):
         moved = plan.step_bytes(trainable, element, sharded=mode == "sharded", per_unit=per_unit)
-        table.add_row(mode, _size(held), _size(generated), *(_size(moved[k]) for k in ("all_gather", "reduce_scatter", "all_reduce")), _size(sum(moved.values())))
+        table.add_row(mode, byte_size(held), byte_size(generated), *(byte_size(moved[k]) for k in ("all_gather", "reduce_scatter", "all_reduce")), byte_size(sum(moved.values())))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    picked = resolve_generation(recipe, World(size=plan.world_size), device)
+    picked = resolve_generation(recipe, World(size=plan.world_size), device, model)
     table.caption = f"auto picks {picked.mode} on this machine's {device.type}: {picked.reason}"
     console.print(table)
-
-
-def _size(count: float) -> str:
-    """``count`` bytes in the largest unit that keeps the figure at 1 or more (B, KiB, MiB, GiB)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= scale:
-            return f"{count / scale:,.2f} {unit}"
-    return f"{count:,.0f} B"
-
-
-def _gib(count: int) -> str:
-    return f"{count / 2**30:,.3f} GiB"
 
 
 def _print_plan(plan, per_rank: list[int]) -> None:

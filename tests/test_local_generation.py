@@ -124,26 +124,14 @@ def test_auto_picks_local_where_the_fixed_state_fits_and_sharded_where_it_does_n
 def local_per_unit_step_on_rank(rank, world_size, overrides_):
     """One forward and backward of a local per-unit model on this rank's half of a batch: the peak bytes of
     generated unit tensors alive at once, and what the rank's counter saw."""
-    import weakref
+    from mapscale.distributed.sharded import track_gathered_units
 
-    from mapscale.distributed import sharded
-
-    live, peak = [0], [0]
-
-    def tracked_gather(plan, index, local, group=None, gather=sharded.gather_unit, **counted):
-        out = gather(plan, index, local, group, **counted).clone()  # a base tensor, alive while the unit's tensors are
-        size = out.numel() * out.element_size()
-        live[0] += size
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(out, lambda: live.__setitem__(0, live[0] - size))
-        return out
-
-    sharded.gather_unit = tracked_gather  # this worker process only
     world = World.from_env()
     model = build_model(load_recipe(RECIPE, overrides_), "cpu", world)
     inputs = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)[rank::world_size]
-    torch.nn.functional.cross_entropy(model(inputs), (torch.arange(8) % 10)[rank::world_size]).backward()
-    return peak[0], dict(world.traffic.total), model.fixed_bytes()
+    with track_gathered_units() as generated:
+        torch.nn.functional.cross_entropy(model(inputs), (torch.arange(8) % 10)[rank::world_size]).backward()
+    return generated.peak, dict(world.traffic.total), model.fixed_bytes()
 
 
 @pytest.mark.distributed

@@ -97,37 +97,25 @@ def test_full_dnn_variants_refuse_sharding():
 def train_steps_on_rank(rank, world_size, just_in_time):
     """Two SGD steps of SmallCNN (BatchNorm included) on this rank's half of a fixed batch; returns the
     losses, final latents, BatchNorm statistics and the peak bytes of gathered tensors alive at once."""
-    import weakref
-
-    from mapscale.distributed import sharded
+    from mapscale.distributed.sharded import track_gathered_units
 
     model = build("cnn", "lwt", World.from_env(), ["conv1", "bn1", "conv2", "bn2", "fc"], per_unit=just_in_time)
-    live, peak = [0], [0]
-
-    def tracked_gather(plan, index, local, group=None, gather=sharded.gather_unit, **counted):
-        out = gather(plan, index, local, group, **counted).clone()  # a base tensor: alive while any view of it (a unit's tensors) is
-        size = out.numel() * out.element_size()
-        live[0] += size
-        peak[0] = max(peak[0], live[0])
-        weakref.finalize(out, lambda: live.__setitem__(0, live[0] - size))
-        return out
-
-    sharded.gather_unit = tracked_gather  # this worker process only
     optimizer = torch.optim.SGD(model.generator.latents, lr=0.5)
     inputs = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     targets = torch.arange(8) % 10
     losses = []
-    for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(inputs[rank::world_size]), targets[rank::world_size])
-        loss.backward()
-        for z in model.generator.latents:
-            torch.distributed.all_reduce(z.grad)
-            z.grad /= world_size
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    with track_gathered_units() as generated:
+        for _ in range(2):
+            loss = torch.nn.functional.cross_entropy(model(inputs[rank::world_size]), targets[rank::world_size])
+            loss.backward()
+            for z in model.generator.latents:
+                torch.distributed.all_reduce(z.grad)
+                z.grad /= world_size
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
     buffers = {n: b.clone() for n, b in model.target.named_buffers() if b.numel()}
-    return losses, [z.detach().clone() for z in model.generator.latents], buffers, peak[0]
+    return losses, [z.detach().clone() for z in model.generator.latents], buffers, generated.peak
 
 
 def test_per_unit_gather_matches_whole_gather_with_lower_peak_memory():

@@ -18,7 +18,9 @@ memory is one unit. Works in one process too (a world of one).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -157,3 +159,40 @@ def _unit_just_in_time(module: nn.Module, prefix: str, generate) -> Iterator[Non
     finally:
         del module.forward
 
+
+
+@dataclass
+class GeneratedBytes:
+    """Bytes of gathered unit weights alive now (``live``) and at most so far (``peak``): `track_gathered_units`."""
+
+    live: int = 0
+    peak: int = 0
+
+    def add(self, size: int) -> None:
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def release(self, size: int) -> None:
+        self.live -= size
+
+
+@contextlib.contextmanager
+def track_gathered_units() -> Iterator[GeneratedBytes]:
+    """Inside the block, every unit `Sharded` generates (gathers, or under local generation builds alone) is
+    counted from the tensor itself until freed: the peak bytes of generated weights alive at once, not RSS. Each
+    gathered unit gets a base of its own (a copy), alive while any view of it (the unit's tensors) is."""
+    global gather_unit
+    original, counts = gather_unit, GeneratedBytes()
+
+    def tracked(plan: ShardPlan, index: int, local: Tensor, group=None, **counted) -> Tensor:
+        out = original(plan, index, local, group, **counted).clone()
+        size = out.numel() * out.element_size()
+        counts.add(size)
+        weakref.finalize(out, counts.release, size)
+        return out
+
+    gather_unit = tracked
+    try:
+        yield counts
+    finally:
+        gather_unit = original

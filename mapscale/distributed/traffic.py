@@ -24,6 +24,19 @@ KINDS = ("all_gather", "reduce_scatter", "all_reduce", "broadcast", "control")
 RING = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "broadcast": 1.0}
 
 
+def byte_size(count: float) -> str:
+    """``count`` bytes in the largest unit that keeps the figure at 1 or more (B, KiB, MiB, GiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:,.2f} {unit}"
+    return f"{count:,.0f} B"
+
+
+def gib(count: float) -> str:
+    """``count`` bytes in GiB, 3 decimals (memory figures of `mapscale inspect` and ``distributed.generation``)."""
+    return f"{count / 2**30:,.3f} GiB"
+
+
 def ring_bytes(kind: str, payload_bytes: int, world_size: int) -> float:
     """Bytes one rank sends for one ring collective of ``kind`` over ``world_size`` ranks (0 on one rank)."""
     if world_size <= 1:

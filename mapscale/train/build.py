@@ -19,6 +19,7 @@ from mapscale.data import DataError, DataSplits, build_datasets
 from mapscale.distributed.plan import ShardPlan
 from mapscale.distributed.sharded import part_of, shard
 from mapscale.distributed.step import DeepSpeedStep, TorchStep, deepspeed_config
+from mapscale.distributed.traffic import gib
 from mapscale.distributed.world import World
 from mapscale.loss import MappingLoss
 from mapscale.mapping.mapped import MappedModel
@@ -117,10 +118,11 @@ def device_memory(device: torch.device, world: World) -> int:
     return psutil.virtual_memory().total // max(ranks_here, 1)
 
 
-def local_bytes(recipe: Recipe) -> tuple[int, int]:
+def local_bytes(recipe: Recipe, model: MappedModel | None = None) -> tuple[int, int]:
     """``(fixed, generated)`` bytes one rank holds under local generation: the method's whole fixed state, and one
-    copy of the generated weights (the largest unit's with ``gather='per-unit'``), from shapes alone (meta)."""
-    model = build_model(recipe, "meta")
+    copy of the generated weights (the largest unit's with ``gather='per-unit'``), from shapes alone (a meta build;
+    ``model``: one already made, in one process)."""
+    model = model if model is not None else build_model(recipe, "meta")
     element = torch.empty((), dtype=model_dtype(recipe)).element_size()
     layout = model.layout
     if recipe.distributed.gather == "per-unit" and layout.groups:
@@ -129,9 +131,10 @@ def local_bytes(recipe: Recipe) -> tuple[int, int]:
     return model.fixed_bytes(), layout.num_generated * element
 
 
-def resolve_generation(recipe: Recipe, world: World, device: torch.device) -> Generation:
+def resolve_generation(recipe: Recipe, world: World, device: torch.device, model: MappedModel | None = None) -> Generation:
     """``distributed.generation`` for this run: ``local`` in one process, for methods that generate nothing and
-    where asked or (``auto``) where `local_bytes` fit `LOCAL_SHARE` of `device_memory`; else ``sharded``.
+    where asked or (``auto``) where `local_bytes` (of ``model``, when given) fit `LOCAL_SHARE` of `device_memory`;
+    else ``sharded``.
     Raises ValueError for ``local`` asked for (in one process too) that cannot fit the device's memory at all."""
     chosen = recipe.distributed.generation
     if not (world.distributed or chosen == "local"):
@@ -140,9 +143,9 @@ def resolve_generation(recipe: Recipe, world: World, device: torch.device) -> Ge
         return Generation("local", f"mapping.method={recipe.mapping.method!r} generates nothing: plain data parallel")
     if chosen == "sharded":
         return Generation("sharded", "distributed.generation='sharded'")
-    fixed, generated = local_bytes(recipe)
+    fixed, generated = local_bytes(recipe, model)
     memory = device_memory(device, world) if device.type != "meta" else 0
-    need, gib = fixed + generated, lambda n: f"{n / 2**30:,.3f} GiB"
+    need = fixed + generated
     if chosen == "local":
         if memory and need > memory:
             raise ValueError(

@@ -24,13 +24,13 @@ def evaluate(model: MappedModel, dataset, recipe: Recipe, num_classes: int | Non
     # Per-token logits over a vocabulary are large: language models evaluate at the training batch size.
     batch_size = recipe.optim.batch_size if recipe.task == "language_modeling" else max(recipe.optim.batch_size, 256)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    with world.traffic.as_control(), model.cached_weights():  # what evaluating moves (weights gathered once) is not a step's
-        for inputs, targets in loader:
-            with autocast(recipe, device):
-                output = model(model_inputs(inputs, recipe, device))
-            metrics.update(output, targets)
-    if world.distributed:
-        with world.traffic.as_control():
+    with world.traffic.as_control():  # what evaluating moves (weights gathered once, the metrics' sums) is not a step's
+        with model.cached_weights():
+            for inputs, targets in loader:
+                with autocast(recipe, device):
+                    output = model(model_inputs(inputs, recipe, device))
+                metrics.update(output, targets)
+        if world.distributed:
             metrics.reduce(world.sum)
     return metrics.compute()
 
