@@ -15,5 +15,5 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 class DeepfakeCNN1Lwt(Recipe):
     target = TargetSection(name="cnn1", args={"in_channels": 3, "classes": 2})
     mapping = MappingMethod(grouping="lwt", budget=2792)
-    data = DataSection(name="imagefolder", path=None, image_size=28, channels=3, test_size=0.2)
+    data = DataSection(name="deepfake", image_size=28, channels=3, test_size=0.2)
     optim = OptimSection(epochs=10, batch_size=64)

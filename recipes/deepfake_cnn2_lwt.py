@@ -13,5 +13,5 @@ from mapscale.recipe import DataSection, MappingMethod, OptimSection, Recipe, Ta
 class DeepfakeCNN2Lwt(Recipe):
     target = TargetSection(name="cnn2", args={"in_channels": 3, "classes": 2})
     mapping = MappingMethod(grouping="lwt", budget=2688)
-    data = DataSection(name="imagefolder", path=None, image_size=28, channels=3, test_size=0.2)
+    data = DataSection(name="deepfake", image_size=28, channels=3, test_size=0.2)
     optim = OptimSection(epochs=10, batch_size=64)

@@ -19,5 +19,5 @@ from mapscale.recipe import DataSection, FinetuneMethod, OptimSection, Recipe, T
 class Resnet50DeepfakeFinetune(Recipe):
     target = TargetSection(name="torchvision:resnet50", args={"num_classes": 2}, weights=None)
     mapping = FinetuneMethod(grouping="slvt", budget=1024, tuned=["layer4.*", "fc.*"], block_size=250, form="additive")
-    data = DataSection(name="imagefolder", path=None, image_size=224, channels=3, test_size=0.2)
+    data = DataSection(name="deepfake", image_size=224, channels=3, test_size=0.2)
     optim = OptimSection(lr=2e-2, epochs=5, batch_size=32)

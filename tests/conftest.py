@@ -5,6 +5,17 @@ import torch
 from torch import nn
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_outside_home(tmp_path_factory):
+    """What mapscale caches (the embedded deepfake set) goes to a folder of this test session, not the user's
+    ~/.cache, unless MAPSCALE_CACHE is set; subprocesses inherit it."""
+    import os
+
+    if "MAPSCALE_CACHE" not in os.environ:
+        os.environ["MAPSCALE_CACHE"] = str(tmp_path_factory.mktemp("mapscale-cache"))
+    yield
+
+
 class SmallCNN(nn.Module):
     """A CNN with BatchNorm (buffers that must keep working in train and eval)."""
 

@@ -295,7 +295,7 @@ def test_unknown_dataset_name_fails_fast(tmp_path):
     start = time.perf_counter()
     # Offline, the quick probe of the hub fails; online, the hub answers "not found". Either way: fast.
     expected = (
-        r"'mapscale-tests/no-such-dataset' is neither a built-in data source \(shipped_mnist, imagefolder, segfolder, timeseries, "
+        r"'mapscale-tests/no-such-dataset' is neither a built-in data source \(shipped_mnist, imagefolder, deepfake, segfolder, timeseries, "
         r"csv, parquet, json\) nor a dataset reachable on the Hugging Face hub.*data.name to imagefolder"
     )
     with pytest.raises(DataError, match=expected):

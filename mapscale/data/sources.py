@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mapscale.data.deepfake import build_deepfake
 from mapscale.data.images import build_segfolder
 from mapscale.data.shipped import build_shipped_mnist
 from mapscale.data.splits import TASKS, DataError, DataSplits, hold_out_validation, keep_classes
@@ -48,6 +49,7 @@ _TABLE = frozenset(_SERIES | _TEXT)
 SOURCES: dict[str, Source] = {
     "shipped_mnist": Source(build_shipped_mnist, ignores=frozenset({"path", "input_column", "target_column", "feature_columns", *_SERIES, *_TEXT})),
     "imagefolder": Source(build_files, needs_path=True, ignores=frozenset({"feature_columns", *_SERIES, *_TEXT})),
+    "deepfake": Source(build_deepfake, ignores=frozenset({"feature_columns", *_SERIES, *_TEXT})),
     "segfolder": Source(
         build_segfolder, needs_path=True, ignores=frozenset({"input_column", "target_column", "feature_columns", "classes", *_SERIES, *_TEXT}),
         sole_task="segmentation", wrong_task=(

@@ -61,6 +61,8 @@ class DataSplits:
     vocab_size: int | None = None
     """Language modelling: the number of token ids (256 for bytes, else the tokenizer's, `text_tokenizer`), which a
     target's vocabulary must hold; other tasks: None."""
+    note: str | None = None
+    """One line the trainer prints about where the data came from (the embedded deepfake set), or None."""
 
 
 
@@ -105,7 +107,7 @@ def keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSplit
     train, test = keep(splits.train), keep(splits.test)
     if not len(train) or not len(test):
         raise DataError(f"data.classes {classes} leaves {len(train)} training and {len(test)} test examples")
-    return DataSplits(train, test, splits.num_classes, splits.input_shape)
+    return replace(splits, train=train, test=test, validation=None)
 
 
 

@@ -327,6 +327,8 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     accumulation = recipe.optim.accumulation_steps
     pieces = world.size * accumulation
     data = build_datasets(recipe.data, recipe.task)
+    if data.note:
+        console.print(data.note)  # where the data came from (the embedded deepfake set)
     if recipe.data.augment_shift and len(data.input_shape) != 3:
         raise DataError(f"data.augment_shift moves images; the inputs of data.name={recipe.data.name!r} have shape {data.input_shape}")
     generation = resolve_generation(recipe, world, device)

@@ -29,6 +29,7 @@ from mapscale.recipe import Recipe, RecipeError
 from mapscale.train.build import Prepared, epoch_batches, prepare
 from mapscale.train.checkpoint import CHECKPOINT, checkpoint_state, fingerprint, load_checkpoint, restore_model_state, restore_rng, save_checkpoint
 from mapscale.train.evaluate import autocast, evaluate, model_inputs
+from mapscale.train.loader import StepBatches, make_loader
 from mapscale.train.log import RunLog, global_mean, progress_bar
 
 RESULT = "result.json"
@@ -118,17 +119,17 @@ def train(
                     record = train_record(run, epoch, throughput.rate(), out, terms)
                     log.write(step, {"split": "train", **record})
                     progress.update(bar, loss=record["task"], rate=record["samples_per_s"])
-                if due(step, every_eval, run.total_steps):
-                    last_eval = evaluate(run.model, run.data.test, recipe, run.data.num_classes, run.device, world)
+                if due(step, every_eval, run.total_steps):  # a fixed sample, the whole split at the end (output.final_eval)
+                    last_eval = evaluate(run.model, run.data.test, recipe, run.data.num_classes, run.device, world, sample=sampled(recipe, step, run.total_steps))
                     log.write(step, {"split": "test", **last_eval})
                     best = better(best, last_eval, metric, higher, step)
                     progress.update(bar, metric=f"{metric} {last_eval[metric]:.4f}")
                 if step == run.total_steps:  # the train split too, once: the train-test gap of the final model
                     if recipe.output.eval_train:
-                        final_train = evaluate(run.model, run.data.train, recipe, run.data.num_classes, run.device, world)
+                        final_train = evaluate(run.model, run.data.train, recipe, run.data.num_classes, run.device, world, sample=recipe.output.final_eval == "sample")
                         log.write(step, {"split": "train-eval", **final_train})
                     if run.data.validation is not None:
-                        final_validation = evaluate(run.model, run.data.validation, recipe, run.data.num_classes, run.device, world)
+                        final_validation = evaluate(run.model, run.data.validation, recipe, run.data.num_classes, run.device, world, sample=recipe.output.final_eval == "sample")
                         log.write(step, {"split": "validation", **final_validation})
                 if due(step, every_checkpoint, run.total_steps):
                     save(run, run_dir, step, best, mapping_id)
@@ -161,11 +162,14 @@ def batches(run: Prepared, step: int):
     function of (seed, epoch), so a resumed run sees the batches an uninterrupted one would; each rank takes its
     contiguous share of each global batch, in ``accumulation_steps`` micro-batches, loaded as they are used."""
     recipe, world, accumulation = run.recipe, run.world, run.recipe.optim.accumulation_steps
+    sampler = StepBatches()  # one loader (and its workers) for every epoch: `mapscale.train.loader`
+    persistent = make_loader(run.data.train, recipe, run.device, batch_sampler=sampler, persistent=True)
     while step < run.total_steps:
         epoch, position = divmod(step, run.batches_per_epoch)
         chosen = epoch_batches(len(run.data.train), recipe.optim.batch_size, recipe.seed, epoch)[position : run.batches_per_epoch]
         micro = [torch.tensor_split(torch.tensor(b), run.pieces)[world.rank * accumulation : (world.rank + 1) * accumulation] for b in chosen]
-        loader = iter(torch.utils.data.DataLoader(run.data.train, batch_sampler=[m.tolist() for per in micro for m in per]))
+        sampler.set([m.tolist() for per in micro for m in per])
+        loader = iter(persistent)
         if recipe.data.augment_shift:
             key, indices = recipe.seed * 1_000_003 + epoch, (m for per in micro for m in per)
             loader = ((shifted_images(x, next(indices), recipe.data.augment_shift, key), y) for x, y in loader)
@@ -182,7 +186,7 @@ def train_step(run: Prepared, micro_batches, batch_size: int, step: int) -> tupl
     terms: dict[str, torch.Tensor] = {}
     accumulation = run.recipe.optim.accumulation_steps
     for inputs, targets in micro_batches:
-        inputs, targets = model_inputs(inputs, run.recipe, run.device), targets.to(run.device)
+        inputs, targets = model_inputs(inputs, run.recipe, run.device), targets.to(run.device, non_blocking=True)
         with autocast(run.recipe, run.device):
             out = model_loss(run.model, run.loss_fn, inputs, targets, step)
         # Averaging weight * loss over micro-batches and ranks gives the global batch's mean loss.
@@ -200,6 +204,11 @@ def model_loss(model: MappedModel, loss_fn: MappingLoss, inputs, targets, step: 
     rng = capture_rng(inputs.device) if loss_fn.perturbs else None
     output = model(inputs)
     return loss_fn(output, targets, model, inputs=inputs, rng=rng, step=step)
+
+
+def sampled(recipe: Recipe, step: int, total: int) -> bool:
+    """Whether the evaluation at ``step`` sees the fixed sample (``output.eval_batches``) rather than whole splits."""
+    return step < total or recipe.output.final_eval == "sample"
 
 
 def due(step: int, every: int, total: int) -> bool:
