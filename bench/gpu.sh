@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 17 as one script for a lent `device` machine (under 8 minutes on one H200):
-#   bash bench/gpu.sh          # results under $OUT (or ./gpu-results)
-# 1. every operator gives the same weights on the GPU as on the CPU (the GPU cases of tests/test_operators.py);
-# 2. the mapped training step against the plain one on the GPU: CNN2 SLVT 2,048 and ResNet50 LWT 2,048 at
-#    16 x 3 x 224², sparse, structured and dense operators (bench/step_overhead.py --device cuda).
+# The GPU checks of issues 17 and 28 as one script for a lent `device` machine (one H200):
+#   bash bench/gpu.sh 28       # issue 28 only: the compiled step and the loader, under 8 minutes
+#   bash bench/gpu.sh 17       # issue 17 only: operators on the GPU and the step overhead, under 8 minutes
+#   bash bench/gpu.sh          # both (about 15 minutes: two device commands' worth)
+# Results under $OUT (or ./gpu-results).
+# Issue 17: 1. every operator gives the same weights on the GPU as on the CPU (the GPU cases of
+#    tests/test_operators.py); 2. the mapped training step against the plain one on the GPU: CNN2 SLVT 2,048 and
+#    ResNet50 LWT 2,048 at 16 x 3 x 224², sparse, structured and dense operators (bench/step_overhead.py).
+# Issue 28: 3. the compiled step: mapped sparse step eager / compiled (generation, whole forward) against the plain
+#    target eager / compiled, CNN2 SLVT 2,048 and ResNet50 LWT 2,048 at 16 x 3 x 112² (about 4 minutes, mostly
+#    cold compiles; ResNet50's generation-only case is left out for time); 4. the input pipeline: the loader alone
+#    on the embedded image folder at 224² and training steps, for workers 0, 2, 4, 8 (bench/loader.py, 3 minutes).
 # Nothing is installed: the machine cannot reach a package index, so the checkout runs from PYTHONPATH on the
 # torch already there.
 set -euo pipefail
+which="${1:-all}"
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export MAPSCALE_CACHE="${MAPSCALE_CACHE:-$out/cache}"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
-if python -c "import pytest" 2>/dev/null; then
-  python -m pytest -q -p no:cacheprovider tests/test_operators.py -k "cpu_and_gpu" 2>&1 | tail -3 | tee "$out/gpu_operator_tests.txt"
+if [[ "$which" == all || "$which" == 17 ]]; then
+  if python -c "import pytest" 2>/dev/null; then
+    python -m pytest -q -p no:cacheprovider tests/test_operators.py -k "cpu_and_gpu" 2>&1 | tail -3 | tee "$out/gpu_operator_tests.txt"
+  fi
+  timeout 420 python bench/step_overhead.py --device cuda --targets cnn2 resnet50 --operators sparse structured dense \
+    --steps 20 --resnet-batch 16 --resnet-size 224 --out "$out/gpu_step_overhead.md"
 fi
-timeout 420 python bench/step_overhead.py --device cuda --targets cnn2 resnet50 --operators sparse structured dense \
-  --steps 20 --resnet-batch 16 --resnet-size 224 --out "$out/gpu_step_overhead.md"
+if [[ "$which" == all || "$which" == 28 ]]; then
+  timeout 240 python bench/compile_step.py --device cuda --steps 20 --resnet-batch 16 --resnet-size 112 \
+    --skip resnet50:sparse:generation --out "$out/gpu_compile_step.md" || echo "compile bench: exit $? (240 s limit)"
+  timeout 180 python bench/loader.py --device cuda --workers 0 2 4 8 --rounds 1 --sources 224 --train-steps 20 \
+    --out "$out/gpu_loader.md" || echo "loader bench: exit $? (180 s limit)"
+fi

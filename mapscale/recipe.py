@@ -130,6 +130,14 @@ class OptimSection(Section):
     float32 results move by ~1e-7 relative with the CPU's kernels and thread count, and a few steps of training
     amplify that (``tests/test_pinned.py``, which runs in fp64). About twice the time of fp32 on a CPU; plain
     PyTorch steps only (DeepSpeed's engine trains fp32, bf16 or fp16)."""
+    compile: Literal["off", "on", "auto"] = "auto"
+    """``torch.compile`` of the mapped forward (generation and target, with its backward; `mapscale.train.compiled`).
+    ``on`` compiles, and refuses DeepSpeed, ``distributed.gather='per-unit'`` and sharded generation over several
+    ranks; ``auto`` compiles on a GPU only and leaves those eager. Measured (``bench/results/compile_step.md``, 2
+    CPU threads): CPU inductor compiles the mapped CNN2 forward in 15-22 s and ResNet50 LWT's in 3.5-4.5 min, and
+    the compiled CPU step is no faster than the eager one (CNN2, ResNet50 at 16 x 3 x 112²), so on a CPU it never
+    pays; the GPU default is not measured yet (``bench/gpu.sh``). Compiled runs agree with eager ones to float
+    rounding, not bitwise (inductor fuses and reorders sums; fp64: 4e-15 relative over 10 steps): pinned runs are eager."""
 
 
 class DistributedSection(Section):

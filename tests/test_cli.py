@@ -186,15 +186,15 @@ def test_resnet50_deepfake_trains_two_steps_on_an_image_folder(tmp_path):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
-def test_resnet50_deepfake_without_data_trains_on_the_embedded_set(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAPSCALE_CACHE", str(tmp_path / "cache"))
+def test_resnet50_deepfake_without_data_trains_on_the_embedded_set(tmp_path):
+    import os
     result = invoke(
         "train", ROOT / "recipes" / "resnet50_deepfake.py", "data.image_size=16", "optim.max_steps=2", "optim.batch_size=4",
         "mapping.budget=128", f"output.root={tmp_path / 'runs'}", "output.run_name=r50", "output.progress=false", "output.eval_train=false",
     )
     assert result.exit_code == 0, result.output
     assert "embedded real-versus-generated set: 800 images at 16x16" in " ".join(result.output.split())
-    assert (tmp_path / "cache" / "deepfake-16px-seed0-v1" / "MANIFEST.json").is_file()
+    assert (Path(os.environ["MAPSCALE_CACHE"]) / "deepfake-16px-seed0-v1" / "MANIFEST.json").is_file()  # conftest's cache
     assert json.loads((tmp_path / "runs" / "r50" / "result.json").read_text())["final"]["accuracy"] >= 0
 
 

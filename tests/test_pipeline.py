@@ -2,6 +2,7 @@
 evaluation batch size, and the embedded real-versus-generated image set."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mapscale.data import build_datasets
 from mapscale.data.deepfake import CROPS, MANIFEST, embedded_deepfake_folder
 from mapscale.recipe import apply_overrides, load_recipe
 from mapscale.train import train
@@ -26,9 +28,9 @@ SMALL = ["data.max_examples=96", "mapping.budget=64", "optim.batch_size=16", "ou
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MAPSCALE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def cache():
+    """The session's cache (`conftest`): the embedded set is built once for every test that reads it."""
+    return Path(os.environ["MAPSCALE_CACHE"])
 
 
 def recipe_of(path: Path, *overrides: str):
@@ -56,11 +58,11 @@ def test_workers_change_no_batch_and_no_loss(cache, tmp_path):
 
 
 def test_auto_workers_decode_in_workers_and_leave_tensors_in_process(cache):
-    images = prepare(recipe_of(CNN2, *SMALL), World(), "cpu")
-    mnist = prepare(recipe_of(ROOT / "recipes" / "mnist_cnn2.py", "data.max_examples=64"), World(), "cpu")
-    assert data_workers(images.recipe, images.data.train) >= 1
-    assert data_workers(mnist.recipe, mnist.data.train) == 0
-    assert data_workers(recipe_of(CNN2, "data.workers=3"), images.data.train) == 3
+    images, mnist = recipe_of(CNN2, *SMALL), recipe_of(ROOT / "recipes" / "mnist_cnn2.py", "data.max_examples=64")
+    decoded = build_datasets(images.data, images.task).train
+    assert data_workers(images, decoded) >= 1
+    assert data_workers(mnist, build_datasets(mnist.data, mnist.task).train) == 0
+    assert data_workers(recipe_of(CNN2, "data.workers=3"), decoded) == 3
 
 
 @pytest.mark.slow  # 22 s: two runs in subprocesses

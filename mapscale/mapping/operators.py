@@ -352,6 +352,32 @@ class _Linear(torch.autograd.Function):
         return ctx.op.multiply(tangent)
 
 
+class _TracedLinear(torch.autograd.Function):
+    """`_Linear` without the JVP, which ``torch.compile`` cannot trace (dynamo refuses an ``autograd.Function`` with a
+    custom ``jvp``): what the operators apply while compiling, so that the forward and the transpose in the backward
+    enter the graph as the plain tensor operations they are, for inductor to fuse. Eager runs (and ``torch.func.jvp``,
+    the Mapping Loss's Hutchinson estimate) keep `_Linear`."""
+
+    @staticmethod
+    def forward(x: Tensor, op) -> Tensor:
+        with torch.no_grad():
+            return op.multiply(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.op = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.op.multiply_transpose(grad), None
+
+
+def linear(x: Tensor, op) -> Tensor:
+    """``op.multiply(x)``, differentiable with ``op.multiply_transpose`` as its backward: `_TracedLinear` under
+    ``torch.compile``, else `_Linear`."""
+    return (_TracedLinear if torch.compiler.is_compiling() else _Linear).apply(x, op)
+
+
 class SeededOperator(_Operator):
     """Exactly `DenseOperator`'s ``W = T G`` for the same seed, never stored: the raw integer blocks of ``G`` are
     redrawn from their block seeds on every forward (``Wᵀ c = Gᵀ (Tᵀ c)``) and backward (``W g = T (G g)``).
@@ -425,7 +451,7 @@ class SeededOperator(_Operator):
 
     def forward(self, coefficients: Tensor) -> Tensor:
         projected = self.transform.T @ coefficients.to(self.compute_dtype)
-        return _Linear.apply(projected, self)
+        return linear(projected, self)
 
     def row_means(self) -> Tensor:
         """``T (G 1) / n`` over the held columns, computed once (one pass over the seeded blocks)."""
@@ -579,7 +605,7 @@ class StructuredOperator(_Operator):
         return x[:, self.rows].sum(0) * self.scale
 
     def forward(self, coefficients: Tensor) -> Tensor:
-        return _Linear.apply(coefficients.to(self.compute_dtype), self)
+        return linear(coefficients.to(self.compute_dtype), self)
 
     def row_means(self) -> Tensor:
         """``W 1 / n`` over the held columns, computed once (one transpose transform)."""
@@ -597,12 +623,19 @@ class StructuredOperator(_Operator):
 
 # -- the sparse isometry: one hashed non-zero per column ---------------------------------------------------
 
-def _keyed_hash(values: Tensor, key: int) -> Tensor:
-    """A keyed 31-bit integer hash of int64 ``values`` below 2**31 (two multiply-xorshift rounds; every product
-    stays below 2**62, so int64 arithmetic never overflows: the same bits on any device)."""
+def _hash_rounds(key: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The ``(multiplier, addend)`` of each round of `_keyed_hash` under ``key``: plain ints, drawn once per operator
+    (a SHA-256 digest, which no compiled graph can trace, so it stays out of the pass)."""
     bits = block_seed(key, -100)
     mask = (1 << 31) - 1
-    for multiplier, addend in ((((bits >> 32) & 0x7FFFFFFF) | 1, bits & mask), (((bits >> 1) & 0x7FFFFFFF) | 1, (bits >> 33) & mask)):
+    return (((bits >> 32) & 0x7FFFFFFF) | 1, bits & mask), (((bits >> 1) & 0x7FFFFFFF) | 1, (bits >> 33) & mask)
+
+
+def _keyed_hash(values: Tensor, rounds: tuple[tuple[int, int], tuple[int, int]]) -> Tensor:
+    """A keyed 31-bit integer hash of int64 ``values`` below 2**31 (two multiply-xorshift rounds, `_hash_rounds`;
+    every product stays below 2**62, so int64 arithmetic never overflows: the same bits on any device)."""
+    mask = (1 << 31) - 1
+    for multiplier, addend in rounds:
         values = (values * multiplier + addend) & mask
         values = values ^ (values >> 15)
     return values
@@ -658,6 +691,7 @@ class SparseOperator(_Operator):
             raise ValueError(f"{num_outputs} outputs exceed the sparse operator's 2**31 columns")
         self._compute_in(dtype, device)
         self.block = self.block_length(latent_dim)
+        self._rounds = (_hash_rounds(key), _hash_rounds(key + 1))  # of the shifts, of the flips
         device = torch.device(device or "cpu")
         generator = torch.Generator().manual_seed(block_seed(key, -1))
         perm = torch.randperm(latent_dim, generator=generator)  # (d,) the row of position x
@@ -685,10 +719,10 @@ class SparseOperator(_Operator):
         return latent_dim * (8 + itemsize) + cls.block_length(latent_dim) * itemsize  # perm, row scale, sign: none per column
 
     def _shifts(self, blocks: Tensor) -> Tensor:
-        return _keyed_hash(blocks, self.key) % self.latent_dim
+        return _keyed_hash(blocks, self._rounds[0]) % self.latent_dim
 
     def _flips(self, blocks: Tensor) -> Tensor:
-        return (_keyed_hash(blocks, self.key + 1) >> 30) * 2 - 1  # int64 ±1
+        return (_keyed_hash(blocks, self._rounds[1]) >> 30) * 2 - 1  # int64 ±1
 
     def _blocks(self, device) -> tuple[Tensor, Tensor, int]:
         """The blocks the held columns touch: their shifts and flips, and the offset of ``start`` in the first."""
@@ -722,7 +756,7 @@ class SparseOperator(_Operator):
         return torch.zeros_like(by_position).index_copy_(0, self.perm, by_position) * self.row_scale
 
     def forward(self, coefficients: Tensor) -> Tensor:
-        return _Linear.apply(coefficients, self)
+        return linear(coefficients, self)
 
     def assignment(self, start: int, stop: int, device=None) -> tuple[Tensor, Tensor]:
         """``(rows, scale)`` of columns ``[start, stop)``: each column's row (int64) and its signed value

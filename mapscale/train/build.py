@@ -28,6 +28,7 @@ from mapscale.methods import METHODS, Build
 from mapscale.recipe import Recipe
 from mapscale.targets import build_target
 from mapscale.train.checkpoint import fingerprint, start_latents
+from mapscale.train.compiled import CompiledStep, compile_model, resolve_compile
 from mapscale.train.evaluate import model_dtype
 
 
@@ -309,6 +310,7 @@ class Prepared:
     batches_per_epoch: int
     total_steps: int
     generation: dict = field(default_factory=dict)  # `Generation.as_dict` of the resolved distributed.generation
+    compiled: CompiledStep = field(default_factory=lambda: CompiledStep(False, "not prepared"))  # optim.compile resolved
 
     @property
     def pieces(self) -> int:
@@ -334,6 +336,7 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
     generation = resolve_generation(recipe, world, device)
     if world.distributed:
         console.print(f"generation: {generation.mode} ({generation.reason})")
+    compiled = resolve_compile(recipe, world, device, generation.mode)  # refused before anything is built
     model = build_model(recipe, device, world, generation.mode)
     check_units(recipe, model)
     check_vocabulary(model, data)
@@ -363,5 +366,8 @@ def prepare(recipe: Recipe, world: World, device: str | torch.device | None = No
         if ds_config is not None:
             console.print("note: distributed.deepspeed applies on several ranks; one process steps with plain PyTorch (optim section)")
         updater = TorchStep(params, optimizer, schedule, recipe.optim.grad_clip, world, accumulation)
+    if compiled.enabled:  # after the warm start: the eager generation it runs first sees the starting latents
+        compile_model(model, compiled.scope)
+        console.print(f"compile: the mapped forward ({compiled.reason}); compiled on the first step, its time logged as compile_s")
     world.traffic.reset()  # what building moved (calibration sums) is not a step's
-    return Prepared(recipe, world, device, data, model, loss_fn, params, updater, batches_per_epoch, total_steps, generation.as_dict())
+    return Prepared(recipe, world, device, data, model, loss_fn, params, updater, batches_per_epoch, total_steps, generation.as_dict(), compiled)

@@ -55,6 +55,7 @@ class RunResult:
     signalled: bool = False  # ... because of SIGTERM / Ctrl-C (not a planned --stop-after)
     traffic: dict = field(default_factory=dict)  # bytes per rank per step by kind (several ranks; `mapscale.distributed.traffic`)
     generation: dict = field(default_factory=dict)  # distributed.generation as resolved: {"mode", "reason", ...}
+    compiled: dict = field(default_factory=dict)  # optim.compile as resolved: {"enabled", "reason", "scope"}
 
     def save(self) -> None:
         (self.run_dir / RESULT).write_text(json.dumps({**asdict(self), "run_dir": str(self.run_dir)}, indent=2) + "\n")
@@ -116,7 +117,7 @@ def train(
                 step, steps_this_run = step + 1, steps_this_run + 1
                 throughput.add(len(batch))
                 if due(step, recipe.output.log_every, run.total_steps):
-                    record = train_record(run, epoch, throughput.rate(), out, terms)
+                    record = train_record(run, epoch, throughput.rate(), out, terms) | run.compiled.take()  # compile_s: apart from steps
                     log.write(step, {"split": "train", **record})
                     progress.update(bar, loss=record["task"], rate=record["samples_per_s"])
                 if due(step, every_eval, run.total_steps):  # a fixed sample, the whole split at the end (output.final_eval)
@@ -151,6 +152,7 @@ def train(
         target_params=run.model.num_target_params(), trainable=sum(p.numel() for p in run.params), final=last_eval,
         final_train=final_train, final_validation=final_validation, best=best, wall_seconds=time.perf_counter() - started, interrupted=interrupted, signalled=signalled,
         traffic=world.traffic.per_step() if world.distributed else {}, generation=run.generation,
+        compiled=run.compiled.as_dict(),
     )
     if world.is_main:
         result.save()
