@@ -20,56 +20,30 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import mapscale  # noqa: E402
-from mapscale.targets import build_target  # noqa: E402
 from mapscale.train.compiled import compile_model, compile_seconds, graphs_compiled  # noqa: E402
-from step_overhead import TARGETS, device_name  # noqa: E402
+from step_overhead import TARGETS, case_batch, case_model, device_name, timed_steps  # noqa: E402
 
 # (generation, compile scope): plain eager, plain compiled, then the mapped step
 CASES = [("plain", "off"), ("plain", "model"), ("sparse", "off"), ("sparse", "generation"), ("sparse", "model")]
 
 
 def run_case(target_name: str, operator: str, scope: str, steps: int, resnet_batch: int, resnet_size: int, device: str) -> dict:
-    (name, args), grouping, budget = TARGETS[target_name]
-    torch.manual_seed(0)
-    model = build_target(name, args)
-    if operator != "plain":
-        model = mapscale.map_model(model, grouping, budget, seed=0, operator=operator, offset="init", device=device)
-    model = model.to(device)
+    model, _ = case_model(target_name, operator, device)
     if scope != "off":
         compile_model(model, scope) if operator != "plain" else model.compile(dynamic=False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3 if operator == "plain" else 1e-2)
-    generator = torch.Generator().manual_seed(1)
-    if target_name == "resnet50":
-        x, y = torch.randn(resnet_batch, 3, resnet_size, resnet_size, generator=generator), torch.randint(0, 2, (resnet_batch,), generator=generator)
-    else:
-        x, y = torch.randn(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
-    x, y = x.to(device), y.to(device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times, graphs = [], []
-    for _ in range(steps + 2):
-        sync()
-        begin = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sync()
-        times.append(time.perf_counter() - begin)
-        graphs.append(graphs_compiled())
+    graphs: list[int] = []
+    batch = case_batch(target_name, resnet_batch, resnet_size, device)
+    times, loss = timed_steps(model, batch, steps + 2, device, lr=1e-3 if operator == "plain" else 1e-2, after_step=lambda: graphs.append(graphs_compiled()))
     return {"target": target_name, "operator": operator, "scope": scope, "step_s": statistics.median(times[2:]), "first_s": times[0],
-            "compile_s": compile_seconds(), "graphs": graphs[-1], "recompiled": graphs[-1] - graphs[0], "loss": loss.item()}
+            "compile_s": compile_seconds(), "graphs": graphs[-1], "recompiled": graphs[-1] - graphs[0], "loss": loss}
 
 
 def table(results: list[dict], batch_note: dict[str, str]) -> str:

@@ -52,45 +52,64 @@ def operator_bytes(model) -> int:
 
 
 def run_case(target_name: str, operator: str, steps: int, resnet_batch: int, resnet_size: int, device: str = "cpu") -> dict:
-    (name, args), grouping, budget = TARGETS[target_name]
     base = rss_mib()
+    model, build_s = case_model(target_name, operator, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = case_batch(target_name, resnet_batch, resnet_size, device)
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times, loss = timed_steps(model, batch, steps + 2, device, lr=1e-3 if operator == "plain" else 1e-2)
+    held = operator_bytes(model) / MIB if operator != "plain" else 0.0
+    # peak above the start: RSS on the CPU, allocated memory on a GPU
+    peak = torch.cuda.max_memory_allocated() / MIB if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"target": target_name, "operator": operator, "step_s": statistics.median(times[2:]), "peak_mib": peak, "mapping_mib": held,
+            "trainable": sum(p.numel() for p in params), "build_s": build_s, "loss": loss}
+
+
+def case_model(target_name: str, operator: str, device: str) -> tuple[torch.nn.Module, float]:
+    """The case's target (seed 0), mapped with ``operator`` (LWT or SLVT at its budget, around its init) unless
+    ``operator="plain"``, on ``device``; and the seconds the mapping took to build (with the move to ``device``)."""
+    (name, args), grouping, budget = TARGETS[target_name]
     torch.manual_seed(0)
     model = build_target(name, args)
     start = time.perf_counter()
     if operator != "plain":
         model = mapscale.map_model(model, grouping, budget, seed=0, operator=operator, offset="init", device=device)
-    model = model.to(device)
-    build_s = time.perf_counter() - start
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3 if operator == "plain" else 1e-2)
+    return model.to(device), time.perf_counter() - start
+
+
+def case_batch(target_name: str, resnet_batch: int, resnet_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed random batch of a case: ResNet50 ``resnet_batch`` x 3 x ``resnet_size``², 2 classes; CNN2 64 MNIST-shaped images, 10 classes."""
     generator = torch.Generator().manual_seed(1)
     if target_name == "resnet50":
         x = torch.randn(resnet_batch, 3, resnet_size, resnet_size, generator=generator)
         y = torch.randint(0, 2, (resnet_batch,), generator=generator)
     else:
         x, y = torch.randn(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
-    x, y = x.to(device), y.to(device)
-    gpu = device.startswith("cuda")
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
+    return x.to(device), y.to(device)
+
+
+def timed_steps(model, batch, steps: int, device: str, *, lr: float, after_step=None) -> tuple[list[float], float]:
+    """Seconds of each of ``steps`` training steps on ``batch`` (forward, cross-entropy, backward, an Adam update of
+    what trains at ``lr``), the device synchronised around each, and the last step's loss; ``after_step()`` runs
+    after each, untimed."""
+    x, y = batch
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = []
-    for step in range(steps + 2):
-        if gpu:
-            torch.cuda.synchronize()
+    for _ in range(steps):
+        sync()
         begin = time.perf_counter()
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if gpu:
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - begin)
-    held = operator_bytes(model) / MIB if operator != "plain" else 0.0
-    # peak above the start: RSS on the CPU, allocated memory on a GPU
-    peak = torch.cuda.max_memory_allocated() / MIB if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"target": target_name, "operator": operator, "step_s": statistics.median(times), "peak_mib": peak, "mapping_mib": held,
-            "trainable": sum(p.numel() for p in params), "build_s": build_s, "loss": loss.item()}
+        sync()
+        times.append(time.perf_counter() - begin)
+        if after_step is not None:
+            after_step()
+    return times, loss.item()
 
 
 def device_name(device: str) -> str:

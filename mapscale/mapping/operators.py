@@ -330,9 +330,11 @@ def _not_trainable(name: str, trainable: bool) -> None:
         raise ValueError(f"operator {name!r} is never stored, so it cannot train (variant 'full-dnn' / 'lv-full-dnn' need operator 'dense')")
 
 
-class _Linear(torch.autograd.Function):
-    """``op.multiply(x)`` for a fixed linear ``op`` with its transpose: backward is ``op.multiply_transpose``, the JVP
-    (``torch.func.jvp``, the Mapping Loss's Hutchinson estimate) is ``op.multiply`` again (not ``apply``: that name is ``nn.Module.apply``, which DeepSpeed calls on the model). Nothing is saved."""
+class _TracedLinear(torch.autograd.Function):
+    """``op.multiply(x)`` for a fixed linear ``op`` with its transpose: backward is ``op.multiply_transpose`` (not
+    ``apply``: that name is ``nn.Module.apply``, which DeepSpeed calls on the model). Nothing is saved. What the
+    operators apply while compiling: dynamo refuses an ``autograd.Function`` with a custom ``jvp``, and without one
+    the forward and the transpose enter the graph as the plain tensor operations they are, for inductor to fuse."""
 
     @staticmethod
     def forward(x: Tensor, op) -> Tensor:
@@ -346,30 +348,15 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return ctx.op.multiply_transpose(grad), None
+
+
+class _Linear(_TracedLinear):
+    """`_TracedLinear` with its JVP (``torch.func.jvp``, the Mapping Loss's Hutchinson estimate): ``op.multiply`` of
+    the tangent. What eager runs apply."""
 
     @staticmethod
     def jvp(ctx, tangent: Tensor, _op):
         return ctx.op.multiply(tangent)
-
-
-class _TracedLinear(torch.autograd.Function):
-    """`_Linear` without the JVP, which ``torch.compile`` cannot trace (dynamo refuses an ``autograd.Function`` with a
-    custom ``jvp``): what the operators apply while compiling, so that the forward and the transpose in the backward
-    enter the graph as the plain tensor operations they are, for inductor to fuse. Eager runs (and ``torch.func.jvp``,
-    the Mapping Loss's Hutchinson estimate) keep `_Linear`."""
-
-    @staticmethod
-    def forward(x: Tensor, op) -> Tensor:
-        with torch.no_grad():
-            return op.multiply(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.op = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return ctx.op.multiply_transpose(grad), None
 
 
 def linear(x: Tensor, op) -> Tensor:

@@ -23,12 +23,18 @@ PREFETCH = 4
 """Batches each worker keeps ready (``prefetch_factor``)."""
 
 
+def _unwrapped(dataset: Dataset) -> tuple[Dataset, list[int] | range]:
+    """``(base, indices)``: the dataset under any `Subset`s of ``dataset``, and the base's index of each item."""
+    indices: list[int] | range = range(len(dataset))
+    while isinstance(dataset, Subset):
+        indices, dataset = [dataset.indices[i] for i in indices], dataset.dataset
+    return dataset, indices
+
+
 def in_memory(dataset: Dataset) -> bool:
     """Whether ``dataset``'s items are slices of tensors held in memory (nothing to decode: workers would only
     copy them between processes)."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return isinstance(dataset, TensorDataset)
+    return isinstance(_unwrapped(dataset)[0], TensorDataset)
 
 
 def data_workers(recipe, dataset: Dataset) -> int:
@@ -88,12 +94,10 @@ class _Pixels(Dataset):
 def _pixels_of(dataset: Dataset) -> _Pixels | None:
     from mapscale.data.images import ImageDataset
 
-    indices = range(len(dataset))
-    while isinstance(dataset, Subset):
-        indices, dataset = [dataset.indices[i] for i in indices], dataset.dataset
-    if not (isinstance(dataset, ImageDataset) and dataset.loads_pixels):
+    base, indices = _unwrapped(dataset)
+    if not (isinstance(base, ImageDataset) and base.loads_pixels):
         return None
-    return _Pixels(dataset, list(indices))
+    return _Pixels(base, list(indices))
 
 
 class StepBatches:
