@@ -42,6 +42,8 @@ def test_starts_exactly_at_pretrained_and_only_latents_learn(form):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"generator.latents.0"}
     state = model.state_dict()
     assert "generator.latents.0" in state and not any("pretrained" in k for k in state)
+    # The elements start at 0 around nothing: no (E,) zero base is held (offset="zero").
+    assert not any(n.startswith("generator.base_") for n, _ in model.named_buffers())
 
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     buffers_before = {n: b.clone() for n, b in model.named_buffers()}

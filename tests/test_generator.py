@@ -79,6 +79,28 @@ def test_init_offset_starts_exactly_at_the_targets_weights(grouping, seeded):
         assert not torch.equal(gen()["fc.weight" if grouping == "slvt" else "conv1.weight"], init["conv1.weight"])
 
 
+@pytest.mark.parametrize("operator", ["dense", "sparse"])
+@pytest.mark.parametrize("grouping", ["slvt", "lwt"])
+def test_zero_offset_is_the_init_offset_around_zeros_without_the_base(operator, grouping, seeded):
+    """offset="zero" generates exactly what offset="init" does around all-zero init tensors, holding no base."""
+    net = seeded(SmallCNN)
+    layout = ParamLayout.from_module(net, grouping, 48)
+    zeros = {t.name: torch.zeros(t.shape) for t in layout.generated_tensors()}
+    around = MappingGenerator(layout, zeros, GeneratorConfig(offset="init", operator=operator, latent_init_std=0.0))
+    zero = MappingGenerator(layout, {}, GeneratorConfig(offset="zero", operator=operator, latent_init_std=0.0))
+    assert any(n.startswith("base_") for n, _ in around.named_buffers())
+    assert not any(n.startswith("base_") for n, _ in zero.named_buffers())
+    assert zero.fixed_bytes() < around.fixed_bytes()
+    with torch.no_grad():
+        for z, a in zip(zero.latents, around.latents):
+            a.copy_(z.normal_())
+        ours, theirs = zero(), around()
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+        assert ours[name].abs().max() > 0, name
+
+
 @pytest.mark.parametrize(
     ("variant", "trainable"),
     [
@@ -121,7 +143,7 @@ def test_generation_is_a_pure_function_of_seed(seeded):
         ({"activation": "relu"}, "unknown activation 'relu'"),
         ({"variant": "lora"}, "unknown variant 'lora'"),
         ({"operator": "fastfood"}, "unknown operator 'fastfood'"),
-        ({"offset": "zero"}, "unknown offset 'zero'"),
+        ({"offset": "nothing"}, "unknown offset 'nothing'"),
         ({"variant": "lv-wmap", "modulation": "none"}, "nothing to modulate"),
         ({"latent_init_std": -1.0}, "latent_init_std must be >= 0"),
     ],

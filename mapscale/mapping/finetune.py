@@ -14,7 +14,7 @@ and ``sigma_t`` the std of ``theta0_t`` (``constant_init_std`` for a constant or
 The element generator is the ordinary one, built on an *element layout*: a throwaway module holding one
 vector of ``E_t`` entries per tuned tensor, under the tensor's own name, so groupings (slvt, lwt, globs),
 budget splits, operators and modulations apply unchanged (lwt groups elements by the target's module). It runs
-with ``offset="init"`` around a zero base, latents initialised to exactly 0 and ``constant_init_std = 1``:
+with ``offset="zero"`` (around a zero ``theta_0`` that is neither held nor added), latents initialised to exactly 0 and ``constant_init_std = 1``:
 the generator's own calibration then makes a latent with unit-variance entries move every element by about
 one, so such a latent moves an additive tensor by ``alpha`` pretrained stds, and a gated one by a relative
 ``alpha``. At step 0 the latents are 0, so every element is exactly 0 and the model is exactly the pretrained
@@ -151,12 +151,12 @@ class Elements(nn.Module):
         return std if std > 1e-12 * max(1.0, theta0.double().abs().mean().item()) else fallback
 
     def modulate(self, name: str, elements: Tensor) -> Tensor:
-        """The final tensor ``name`` from its ``(E_t,)`` elements."""
+        """The final tensor ``name`` from its ``(E_t,)`` elements (``L = 1`` expands nothing)."""
         t = self._index[name]
         spec, theta0 = self.outputs[t], getattr(self, f"pretrained_{t}")
-        # (E_t,) -> (E_t * L,) -> the first numel_t: element j modulates weights [j L, (j + 1) L).
-        delta = elements.repeat_interleave(self.block_size, output_size=elements.numel() * self.block_size)[: spec.numel]
-        delta = (self.element_scales[t] * delta).view(spec.shape)
+        if self.block_size > 1:  # (E_t,) -> (E_t * L,) -> the first numel_t: element j modulates weights [j L, (j + 1) L)
+            elements = elements.repeat_interleave(self.block_size, output_size=elements.numel() * self.block_size)[: spec.numel]
+        delta = (self.element_scales[t] * elements).view(spec.shape)
         if self.form == "multiplicative":
             return (theta0 * (1 + delta)).to(spec.dtype)
         return (theta0 + delta).to(spec.dtype)
@@ -208,7 +208,7 @@ def finetune_model(
     unknown = sorted(set(generator_options) - set(GeneratorConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown finetune_model options {unknown}; generator options are {sorted(GeneratorConfig.__dataclass_fields__)}")
-    config = GeneratorConfig(seed=seed, offset="init", latent_init_std=0.0, constant_init_std=1.0, **generator_options)
+    config = GeneratorConfig(seed=seed, offset="zero", latent_init_std=0.0, constant_init_std=1.0, **generator_options)
     if config.variant == "full-dnn":
         raise ValueError("variant 'full-dnn' freezes the latents at 0, where the mapping weights get no gradient; use 'mapping'")
 
@@ -235,9 +235,9 @@ def finetune_model(
         trainable=tuple(s for s in untuned if s.name in kept_trainable),
         frozen=tuple(s for s in untuned if s.name not in kept_trainable),
     )
-    zeros = {s.name: torch.zeros(s.numel, device=device) for s in element_layout.generated_tensors()}
     pretrained = {s.name: model.get_parameter(s.name).detach().to(device) for s in tuned_specs}
     assembly = Elements(tuned_specs, pretrained, block_size, form, float(scale), config.constant_init_std)
     held = WHOLE if part is None else part(layout)
-    generator = MappingGenerator(layout, zeros, config, device=device, part=held, assembly=assembly)
+    # offset="zero": the elements start at 0 and no zero base is held or added (E floats fewer, and one add less a pass)
+    generator = MappingGenerator(layout, {}, config, device=device, part=held, assembly=assembly)
     return MappedModel(model, generator)

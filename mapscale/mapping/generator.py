@@ -44,14 +44,14 @@ from mapscale.mapping.seeded_init import init_statistics, seeded_values, tensor_
 
 Modulation = Literal["additive", "multiplicative", "none"]
 Activation = Literal["identity", "tanh"]
-Offset = Literal["mean", "init", "seeded"]
+Offset = Literal["mean", "init", "seeded", "zero"]
 Variant = Literal["mapping", "full-dnn", "lv-wmap", "lv-full-dnn"]
 
 MODULATIONS = ("additive", "multiplicative", "none")
 ACTIVATIONS = {"identity": lambda x: x, "tanh": torch.tanh}
 ACTIVATION_SLOPES = {"identity": torch.ones_like, "tanh": lambda x: 1 - torch.tanh(x) ** 2}
-OFFSETS = ("mean", "init", "seeded")
-AROUND_THETA0 = ("init", "seeded")  # offsets that start at a theta_0 (base_t = theta_0, latents from 0)
+OFFSETS = ("mean", "init", "seeded", "zero")
+AROUND_THETA0 = ("init", "seeded", "zero")  # offsets that start at a theta_0 (base_t = theta_0, latents from 0); "zero": theta_0 = 0
 # variant -> (latents trainable, mapping weights trainable, separate modulation vector)
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {
     "mapping": (True, False, False),
@@ -68,8 +68,10 @@ class GeneratorConfig:
     seed: keys the mapping weights (with each group's name) and the latent init.
     modulation / modulation_scale: the paper's eq. 20 form and its ``alpha`` (see the module docstring).
     activation: the paper's unnamed ``sigma`` of eq. 21.
-    offset: ``"mean"`` (pure generation, statistics matched), ``"init"`` (around the target's ``theta_0``) or
-        ``"seeded"`` (around a ``theta_0`` regenerated from the seed with the target's init statistics).
+    offset: ``"mean"`` (pure generation, statistics matched), ``"init"`` (around the target's ``theta_0``),
+        ``"seeded"`` (around a ``theta_0`` regenerated from the seed with the target's init statistics) or
+        ``"zero"`` (around ``theta_0 = 0``, held nowhere and never added, every tensor calibrated as a constant one
+        (``constant_init_std``): fine-tuning's elements, `mapscale.mapping.finetune`; ``init_tensors`` may be empty).
     variant: which of the paper's Table 7 variants trains what.
     operator: the name of a fixed mapping operator in ``OPERATORS``.
     latent_init_std: std of the seeded normal latent init; None means 1.0 for ``offset="mean"``, 0.0 for
@@ -120,6 +122,11 @@ class GeneratorConfig:
 def _one_of(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {field} {value!r}; choose one of {list(allowed)}")
+
+
+def _around(out: Tensor, theta0: Tensor | None) -> Tensor:
+    """``out + theta_0``; ``out`` itself around a zero ``theta_0`` (no copy of an all-zero base)."""
+    return out if theta0 is None else out + theta0
 
 
 def _joined(segments: list[Tensor]) -> Tensor:
@@ -239,11 +246,14 @@ class MappingGenerator(nn.Module):
         self.register_buffer(f"theta0_stats_{k}", table.to(device), persistent=False)
         self.__dict__.setdefault("_seeded_pieces", {})[k] = held
 
-    def theta0_piece(self, k: int) -> Tensor:
+    def theta0_piece(self, k: int) -> Tensor | None:
         """``(stop - start,)``: ``theta_0`` on piece ``k``: the stored init weights (``offset="init"``), or
-        redrawn from the seed tensor by tensor (``offset="seeded"``, `mapscale.mapping.seeded_init`)."""
+        redrawn from the seed tensor by tensor (``offset="seeded"``, `mapscale.mapping.seeded_init`); None for
+        ``offset="zero"`` (nothing to add)."""
         if self.config.offset == "init":
             return getattr(self, f"base_{k}")
+        if self.config.offset == "zero":
+            return None
         dtype, device = self.layout.compute_dtype, getattr(self, f"theta0_stats_{k}").device
         return _joined([seeded_values(key, int(family), mean, std, lo, hi, dtype, device) for key, family, mean, std, lo, hi in self._seeded_pieces[k]])
 
@@ -318,7 +328,7 @@ class MappingGenerator(nn.Module):
                 out = [u * (affine[0, t] * affine[2, t]) for u, t in zip(segments, held)]
             else:
                 out = [act(u * affine[0, t]) * affine[2, t] for u, t in zip(segments, held)]
-            return _joined(out) + self.theta0_piece(k)
+            return _around(_joined(out), self.theta0_piece(k))
         return _joined([act(u * affine[0, t] + affine[1, t]) * affine[2, t] + affine[3, t] for u, t in zip(segments, held)])
 
     def _per_element_affine(self, k: int) -> tuple[Tensor, ...]:
@@ -345,7 +355,7 @@ class MappingGenerator(nn.Module):
             coefficients, _ = self.coefficients(self.pieces[k][0], latent)
             out = self.operators[k](coefficients * (affine[0] * affine[2]))
             if self.config.offset in AROUND_THETA0:
-                return out + self.theta0_piece(k)
+                return _around(out, self.theta0_piece(k))
             return out + (affine[1] * affine[2] + affine[3])
         return self.postprocess_piece(k, self.raw_piece(k, latent))
 
@@ -489,7 +499,8 @@ class MappingGenerator(nn.Module):
             mean = sums[0].item() / count
             return mean, math.sqrt(max(sums[1].item() / count - mean * mean, 0.0))
 
-        raw_moments = moments()
+        around = self.config.offset in AROUND_THETA0
+        raw_moments = None if around else moments()  # around theta_0 only the target's std is needed
         affines = []
         for index, group in enumerate(groups):
             coefficient_norm = torch.linalg.vector_norm(self.coefficients(index)[0].double()).item()
@@ -497,11 +508,14 @@ class MappingGenerator(nn.Module):
             reference_scale = math.sqrt(group.numel) / (coefficient_norm if coefficient_norm > 0 else math.sqrt(group.latent_dim))
             rows = []
             for t, spec in enumerate(group.tensors):
+                if self.config.offset == "zero":  # theta_0 = 0: a constant tensor
+                    rows.append([reference_scale, 0.0, self.config.constant_init_std, 0.0])
+                    continue
                 theta0 = init_tensors[spec.name].detach().to(torch.float64).reshape(-1).cpu()
                 target_std = theta0.std(unbiased=False).item() if theta0.numel() > 1 else 0.0
                 if target_std <= 1e-12 * max(1.0, abs(theta0.mean().item())):
                     target_std = self.config.constant_init_std
-                if self.config.offset in AROUND_THETA0:
+                if around:
                     # theta = theta_0 + out_scale * act(in_scale * u): exactly theta_0 at z = 0.
                     rows.append([reference_scale, 0.0, target_std, 0.0])
                     continue
@@ -509,7 +523,7 @@ class MappingGenerator(nn.Module):
                 in_scale = 1.0 / spread if spread > 1e-12 else reference_scale
                 rows.append([in_scale, -u_mean * in_scale, target_std, theta0.mean().item()])
             affines.append(torch.tensor(rows, dtype=torch.float64))
-        if self.config.offset in AROUND_THETA0:
+        if around:
             return [a.T.contiguous().to(self.layout.compute_dtype).to(device) for a in affines]
 
         # Second pass: the spread of act(standardised u), so out_* restore the target's mean and std.
