@@ -73,3 +73,28 @@ def test_peers_bench_runs_every_method_and_reads_finished_runs_back(tmp_path):
     assert (tmp_path / "peers.png").stat().st_size > 0
     again = run(*args)
     assert not re.search(r"^  \S+: test ", again, re.M)  # every run finished: read back, none trained again
+
+
+def test_frontier_bench_tunes_every_method_alike_and_reports_the_reduction_at_parity(tmp_path):
+    args = ["bench/frontier.py", "--targets", "cnn2", "--budgets", "512", "2048", "--groupings", "slvt", "--methods", "mapping-sparse",
+            "--epochs", "1", "--seeds", "2", "--lr-factors", "1", "--tune-budgets", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "f.md")]
+    out = run(*args)
+    assert "4 runs to do" in out  # sweep: one mapping rate at the middle anchor, one full-training rate
+    table = (tmp_path / "f.md").read_text()
+    assert "| cnn2 | slvt | mapping-sparse |" in table and "## Rate sweep" in table
+    assert "| cnn2 | slvt | 512 | mapping-sparse |" in table and "| cnn2 | - | - | full |" in table
+    assert (tmp_path / "f.png").stat().st_size > 0
+    again = run(*args)
+    assert "runs to do" not in again  # every run finished: read back, none trained again
+
+
+def test_frontier_crossing_interpolates_on_the_log_axis_and_bounds_the_ends():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from frontier import crossing
+
+    at, kind = crossing([(100, 0.90), (10_000, 0.98)], 0.94, higher=True)
+    assert kind == "exact" and at == pytest.approx(1000.0)  # halfway in score: halfway on the log axis
+    assert crossing([(100, 0.95), (1000, 0.99)], 0.94, higher=True) == (100.0, "bound")
+    assert crossing([(100, 0.90), (1000, 0.92)], 0.94, higher=True) == (None, "never")
+    at, kind = crossing([(100, 30.0), (10_000, 10.0)], 20.0, higher=False)  # perplexity: lower is better
+    assert kind == "exact" and at == pytest.approx(1000.0)
