@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end in a reduced mode (their full runs are for notes, not tests)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -98,3 +99,23 @@ def test_frontier_crossing_interpolates_on_the_log_axis_and_bounds_the_ends():
     assert crossing([(100, 0.90), (1000, 0.92)], 0.94, higher=True) == (None, "never")
     at, kind = crossing([(100, 30.0), (10_000, 10.0)], 20.0, higher=False)  # perplexity: lower is better
     assert kind == "exact" and at == pytest.approx(1000.0)
+
+
+def test_scarce_bench_tunes_both_methods_alike_per_size_and_says_where_the_curves_cross(tmp_path):
+    args = ["bench/scarce.py", "--datasets", "mnist", "--sizes", "100", "200", "--steps", "5", "--seeds", "1", "--lr-factors", "1",
+            "--decays", "0", "--shifts", "0", "2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "s.md")]
+    out = run(*args)
+    assert "8 runs to do" in out  # 2 sizes x 2 methods x 2 shifts, one rate each; the finals are seed 0's sweep runs
+    table = (tmp_path / "s.md").read_text()
+    assert "| mnist | 100 | mapping-sparse | 2,048 |" in table and "| mnist | 200 | full | 108,618 |" in table
+    assert "- mnist: 100: " in table and "## Sweep" in table and (tmp_path / "s.png").stat().st_size > 0
+    records = [json.loads(line) for line in (tmp_path / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert {r["size"] for r in records} == {100, 200} and all("data.train_examples=%d" % r["size"] in r["extra"] for r in records)
+
+
+def test_scarce_crossing_is_interpolated_on_the_log_size_axis():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from scarce import crossings
+
+    assert crossings([100, 10_000], [2.0, -2.0]).startswith("near 1,000 examples")
+    assert "full training ahead at every size" in crossings([100, 1000], [-1.0, -0.5])

@@ -79,6 +79,24 @@ def test_max_examples_takes_the_first_examples_of_each_split(mnist):
     assert torch.equal(capped.test.tensors[1], mnist.test.tensors[1][:50])
 
 
+def test_train_examples_caps_only_the_training_split_each_class_its_share(mnist):
+    whole = build_datasets(DataSection(validation_size=500), "classification")
+    scarce = build_datasets(DataSection(validation_size=500, train_examples=250), "classification")
+    assert (len(scarce.train), len(scarce.validation), len(scarce.test)) == (250, 500, len(mnist.test))
+    assert torch.equal(scarce.validation.tensors[0], whole.validation.tensors[0])  # held out first, unchanged
+    assert torch.equal(scarce.test.tensors[0], whole.test.tensors[0])
+    kept = {row.numpy().tobytes() for row in scarce.train.tensors[0].flatten(1)}
+    assert kept <= {row.numpy().tobytes() for row in whole.train.tensors[0].flatten(1)}  # a subset of the training split
+    share = torch.bincount(whole.train.tensors[1], minlength=10) * (250 / len(whole.train))  # each class's share of 250
+    assert (torch.bincount(scarce.train.tensors[1], minlength=10) - share).abs().max() < 1
+    again = build_datasets(DataSection(validation_size=500, train_examples=250), "classification")
+    assert torch.equal(again.train.tensors[0], scarce.train.tensors[0])  # a function of split_seed alone
+    other = build_datasets(DataSection(validation_size=500, train_examples=250, split_seed=1), "classification")
+    assert not torch.equal(other.train.tensors[0], scarce.train.tensors[0])
+    with pytest.raises(DataError, match="train_examples 4000 asks for more than the 3500"):
+        build_datasets(DataSection(validation_size=500, train_examples=4000), "classification")
+
+
 def test_shipped_mnist_resized_to_three_channels(mnist):
     splits = build_datasets(DataSection(channels=3, image_size=32, max_examples=20), "classification")
     assert splits.input_shape == (3, 32, 32)

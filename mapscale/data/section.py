@@ -68,6 +68,10 @@ class DataSection(Section):
     most 4 (`mapscale.train.loader.data_workers`). Batches and losses are the same for any number."""
     max_examples: int | None = Field(None, ge=1)
     """Use at most this many examples of each split (quick runs)."""
+    train_examples: int | None = Field(None, ge=1)
+    """Train on this many examples of the training split, drawn by ``split_seed`` after the validation hold-out
+    (each class its share for classification); the validation and test splits stay whole: scarce-data runs
+    (``bench/scarce.py``). None: every training example."""
     classes: list[int] | None = None
     """Classification: keep only the examples of these class ids (e.g. ``[5, 6, 7, 8, 9]``), from each split after
     ``max_examples``. Labels keep their ids (not remapped) and ``num_classes`` is unchanged, so the target's head

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mapscale.data.deepfake import build_deepfake
 from mapscale.data.images import build_segfolder
 from mapscale.data.shipped import build_shipped_mnist
-from mapscale.data.splits import TASKS, DataError, DataSplits, hold_out_validation, keep_classes
+from mapscale.data.splits import TASKS, DataError, DataSplits, hold_out_validation, keep_classes, keep_training
 from mapscale.data.tables import build_files, build_hub
 from mapscale.data.text import build_text
 from mapscale.data.timeseries import build_timeseries
@@ -83,10 +83,13 @@ def build_datasets(section: DataSection, task: str, *, cache_dir: str | Path | N
     ``cache_dir`` is where Hugging Face ``datasets`` keeps the Arrow files it builds from local files or
     downloads (default: its own cache, ``~/.cache/huggingface/datasets``). Raises ``DataError`` for any
     problem with the data asked for. What every source shares happens here: the validation hold-out
-    (``data.validation_size``), the class filter (``data.classes``) and the tasks only one source serves.
+    (``data.validation_size``), the training cap (``data.train_examples``), the class filter (``data.classes``) and the tasks only one source serves.
     """
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    if section.train_examples is not None:  # after the validation hold-out: validation and test stay whole
+        splits = build_datasets(section.model_copy(update={"train_examples": None}), task, cache_dir=cache_dir)
+        return keep_training(splits, section.train_examples, section.split_seed, task)
     if section.validation_size is not None:
         splits = build_datasets(section.model_copy(update={"validation_size": None}), task, cache_dir=cache_dir)
         return hold_out_validation(splits, section.validation_size, section.split_seed)

@@ -88,6 +88,27 @@ def subset(dataset: Dataset, indices: list[int]) -> Dataset:
     return torch.utils.data.Subset(dataset, indices)
 
 
+def class_labels(dataset: Dataset) -> Tensor:
+    """``(N,)``: the class id of every example (a tensor dataset's second tensor, ``targets``, else each item's)."""
+    labels = dataset.tensors[1] if isinstance(dataset, TensorDataset) else getattr(dataset, "targets", None)
+    if labels is None:
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+    return torch.as_tensor(labels)
+
+
+def keep_training(splits: DataSplits, count: int, seed: int, task: str) -> DataSplits:
+    """``data.train_examples``: ``count`` examples of the training split (after the validation hold-out), drawn by
+    ``seed``, each class its share for classification (`split_indices`); validation and test are unchanged."""
+    n = len(splits.train)
+    if count > n:
+        raise DataError(f"data.train_examples {count} asks for more than the {n} training examples there are (after the validation hold-out)")
+    if count == n:
+        return splits
+    labels = class_labels(splits.train).numpy() if task == "classification" else None
+    kept, _ = split_indices(n, n - count, seed + 2, labels)
+    return replace(splits, train=subset(splits.train, sorted(kept.tolist())))
+
+
 def keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSplits:
     """``data.classes``: each split reduced to the examples whose class is in ``classes`` (ids unchanged)."""
     if task != "classification":
@@ -97,10 +118,7 @@ def keep_classes(splits: DataSplits, classes: list[int], task: str) -> DataSplit
         raise DataError(f"data.classes {classes} must be distinct class ids in [0, {splits.num_classes}) (out of range: {wrong})")
 
     def keep(dataset: Dataset) -> Dataset:
-        labels = dataset.tensors[1] if isinstance(dataset, TensorDataset) else getattr(dataset, "targets", None)
-        if labels is None:
-            labels = [int(dataset[i][1]) for i in range(len(dataset))]
-        labels = torch.as_tensor(labels)  # (N,)
+        labels = class_labels(dataset)  # (N,)
         kept = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()  # (kept,)
         return subset(dataset, kept.tolist())
 
