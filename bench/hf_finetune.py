@@ -70,15 +70,16 @@ def common(runs: Path, text: Path, name: str) -> list[str]:
     ]
 
 
-def pretrain(runs: Path, steps: int) -> Path:
-    """Train the GPT-2 from scratch on the first half of the corpus and export it; the exported folder."""
+def pretrain(runs: Path, steps: int, extra: list[str] = ()) -> Path:
+    """Train the GPT-2 from scratch on the first half of the corpus and export it; the exported folder (``extra``:
+    overrides last, e.g. a reduced check's ``data.max_examples``)."""
     folder = runs / "pretrained-hf"
     if (folder / "model.safetensors").exists():
         return folder
     half, text = runs / "pretrain_corpus.txt", corpus(runs).read_bytes()
     half.write_bytes(text[: len(text) // 2])
     overrides = [*common(runs, half, "pretrain"), "target.name=hf:gpt2", f"target.args={json.dumps(GPT)}", "mapping.method=full",
-                 "optim.lr=3e-4", f"optim.max_steps={steps}", "data.max_examples=100000", "output.eval_train=false"]
+                 "optim.lr=3e-4", f"optim.max_steps={steps}", "data.max_examples=100000", "output.eval_train=false", *extra]
     for argv in (["train", str(RECIPE), *overrides], ["export", str(runs / "pretrain"), "--format", "hf", "--out", str(folder)]):
         done = subprocess.run([sys.executable, "-m", "mapscale.cli", *argv], capture_output=True, text=True)
         if done.returncode:
@@ -113,7 +114,7 @@ def run_one(job: tuple) -> dict:
     torch.set_num_threads(1)
     runs, name = Path(settings["runs"]), run_name((method, lr, seed))
     overrides = [*common(runs, Path(settings["text"]), name), *method_overrides(method, Path(settings["folder"]), settings["budget"]),
-                 f"optim.lr={lr}", f"seed={seed}", f"optim.max_steps={settings['steps']}"]
+                 f"optim.lr={lr}", f"seed={seed}", f"optim.max_steps={settings['steps']}", *settings.get("extra", [])]
     if method != "full":
         overrides.append(f"mapping.seed={seed}")
     recipe = load_recipe(RECIPE, overrides)
@@ -128,13 +129,13 @@ def run_one(job: tuple) -> dict:
     return {"key": name, "method": method, "lr": lr, "seed": seed, **scores, "seconds": time.perf_counter() - started}
 
 
-def trainable_counts(settings: dict) -> dict[str, int]:
+def trainable_counts(settings: dict, methods=METHODS) -> dict[str, int]:
     """Each method's trainable count (the optimiser's), from one build."""
     from mapscale.recipe import load_recipe
     from mapscale.train import build_loss, build_model, trainable_parameters
 
     counts = {}
-    for method in METHODS:
+    for method in methods:
         recipe = load_recipe(RECIPE, [*common(Path(settings["runs"]), Path(settings["text"]), "count"),
                                       *method_overrides(method, Path(settings["folder"]), settings["budget"])])
         counts[method] = sum(p.numel() for p in trainable_parameters(build_model(recipe), build_loss(recipe)))
@@ -200,7 +201,8 @@ def evaluate_untuned(settings: dict) -> dict[str, float]:
     from mapscale.train import prepare
     from mapscale.train.evaluate import evaluate
 
-    recipe = load_recipe(RECIPE, [*common(Path(settings["runs"]), Path(settings["text"]), "untuned"), *method_overrides("full", Path(settings["folder"]), 0)])
+    recipe = load_recipe(RECIPE, [*common(Path(settings["runs"]), Path(settings["text"]), "untuned"), *method_overrides("full", Path(settings["folder"]), 0),
+                                  *settings.get("extra", [])])
     run = prepare(recipe, World(), "cpu")
     with torch.no_grad():
         return {split: evaluate(run.model, getattr(run.data, split), recipe, run.data.num_classes, "cpu")["perplexity"] for split in ("validation", "test")}

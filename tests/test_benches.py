@@ -119,3 +119,22 @@ def test_scarce_crossing_is_interpolated_on_the_log_size_axis():
 
     assert crossings([100, 10_000], [2.0, -2.0]).startswith("near 1,000 examples")
     assert "full training ahead at every size" in crossings([100, 1000], [-1.0, -0.5])
+
+
+def test_finetune_memory_bench_measures_each_method_in_its_own_process(tmp_path):
+    out = run("bench/finetune_memory.py", "--layers", "2", "--width", "64", "--steps", "1", "--operators", "sparse", "--methods", "lora",
+              "--work", str(tmp_path), "--out", str(tmp_path / "m.md"))
+    table = (tmp_path / "m.md").read_text()
+    assert "| model-only | 0 |" in table and "| finetune-sparse | 16,384 |" in table, out
+    lora = next(line for line in table.splitlines() if line.startswith("| lora |"))
+    assert "refused" not in lora and float(lora.split("|")[4].replace(",", "")) > 0  # a peak was measured
+
+
+def test_finetune_frontier_bench_runs_each_method_once_per_count(tmp_path):
+    args = ["bench/finetune_frontier.py", "--budgets", "4096", "16384", "--methods", "finetune", "lora", "--steps", "2", "--pretrain-steps", "2",
+            "--seeds", "1", "--rates", "1", "--max-examples", "64", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ff.md")]
+    out = run(*args)
+    assert "3 runs to do" in out  # finetune at both budgets; LoRA's rank 1 is 16,384 on these layers: one run, not two
+    table = (tmp_path / "ff.md").read_text()
+    assert "| 4096 | finetune | 4,096 |" in table and "| 16384 | lora | 16,384 |" in table and "| 4096 | lora |" not in table
+    assert "- 16,384: finetune" in table and "lora" in table.split("- 16,384: finetune")[1]
