@@ -138,3 +138,11 @@ def test_finetune_frontier_bench_runs_each_method_once_per_count(tmp_path):
     table = (tmp_path / "ff.md").read_text()
     assert "| 4096 | finetune | 4,096 |" in table and "| 16384 | lora | 16,384 |" in table and "| 4096 | lora |" not in table
     assert "- 16,384: finetune" in table and "lora" in table.split("- 16,384: finetune")[1]
+
+
+def test_large_options_bench_runs_full_training_per_schedule_and_each_option(tmp_path):
+    out = run("bench/large_options.py", "--epochs", "1", "--budgets", "2048", "--schedule", "1", "--options", "plain", "direct", "--max-steps", "2",
+              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o.md"))
+    table = (tmp_path / "o.md").read_text()
+    assert "| full | - | 11,181,642 | 1.0 | 1 |" in table, out
+    assert "| plain | 2048 | 2,048 |" in table and "| direct | 2048 | 26,186 |" in table  # 24,138 direct values counted
