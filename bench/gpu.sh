@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 17 and 28 as one script for a lent `device` machine (one H200):
+# The GPU checks of issues 17, 28 and 29 as one script for a lent `device` machine (one H200):
 #   bash bench/gpu.sh 28       # issue 28 only: the compiled step and the loader, under 8 minutes
 #   bash bench/gpu.sh 17       # issue 17 only: operators on the GPU and the step overhead, under 8 minutes
-#   bash bench/gpu.sh          # both (about 15 minutes: two device commands' worth)
+#   bash bench/gpu.sh 29       # issue 29: the frontiers this 2-core CPU cannot run, 9 minutes per call, resumable
+#   bash bench/gpu.sh          # 17 and 28 (about 15 minutes: two device commands' worth)
 # Results under $OUT (or ./gpu-results).
 # Issue 17: 1. every operator gives the same weights on the GPU as on the CPU (the GPU cases of
 #    tests/test_operators.py); 2. the mapped training step against the plain one on the GPU: CNN2 SLVT 2,048 and
@@ -11,6 +12,11 @@
 #    target eager / compiled, CNN2 SLVT 2,048 and ResNet50 LWT 2,048 at 16 x 3 x 112² (about 4 minutes, mostly
 #    cold compiles; ResNet50's generation-only case is left out for time); 4. the input pipeline: the loader alone
 #    on the embedded image folder at 224² and training steps, for workers 0, 2, 4, 8 (bench/loader.py, 3 minutes).
+# Issue 29: 5. the resnet18 frontier (LWT 2^11..2^20, 8 epochs) and 6. the GPT 4 x 256 frontier (1,000 steps, BPE 4,096),
+#    bench/frontier.py with 8 workers, each under a time limit; their run logs live in $FRONTIER_RUNS (default
+#    $out/frontier-runs): carry it back and forth and call again until the reports appear (every finished run is
+#    kept; a call only adds runs). Too long for the 2-core CPU (resnet18: about 20 s per epoch per run; the GPT:
+#    122-241 s per 100-step run in bench/results/frontier_runs.jsonl, and these runs take 1,000 steps).
 # Nothing is installed: the machine cannot reach a package index, so the checkout runs from PYTHONPATH on the
 # torch already there.
 set -euo pipefail
@@ -33,4 +39,11 @@ if [[ "$which" == all || "$which" == 28 ]]; then
     --skip resnet50:sparse:generation --out "$out/gpu_compile_step.md" || echo "compile bench: exit $? (240 s limit)"
   timeout 180 python bench/loader.py --device cuda --workers 0 2 4 8 --rounds 1 --sources 224 --train-steps 20 \
     --out "$out/gpu_loader.md" || echo "loader bench: exit $? (180 s limit)"
+fi
+if [[ "$which" == 29 ]]; then
+  runs="${FRONTIER_RUNS:-$out/frontier-runs}"
+  timeout 270 python bench/frontier.py --targets resnet18 --workers 8 --variant i29 --runs "$runs/resnet18" \
+    --out "$out/frontier_resnet18.md" || echo "resnet18 frontier: exit $? (270 s limit; call again to go on)"
+  timeout 270 python bench/frontier.py --targets gpt --workers 8 --variant i29 --runs "$runs/gpt" \
+    --out "$out/frontier_gpt.md" || echo "GPT frontier: exit $? (270 s limit; call again to go on)"
 fi
