@@ -39,7 +39,8 @@ CASES: dict[str, list[str]] = {
     "structured": [*SMALL, "mapping.operator=structured", "optim.lr=0.3"],
     "subspace": [*SMALL, "mapping.method=subspace", "mapping.operator=seeded", "mapping.scale=none"],
     "rpg": [*SMALL, "mapping.method=rpg", "mapping.grouping=lwt", "mapping.budget_power=0.5"],
-    "finetune": [*SMALL, "mapping.method=finetune", "mapping.budget=64", f"target.weights={PRETRAINED}"],
+    "finetune": [*SMALL, "mapping.method=finetune", "mapping.budget=64", "mapping.operator=dense", f"target.weights={PRETRAINED}"],
+    "finetune_sparse": [*SMALL, "mapping.method=finetune", "mapping.budget=64", "mapping.operator=sparse", f"target.weights={PRETRAINED}"],
     "lowrank": [*SMALL, "mapping.low_rank=8"],
     "full": [*SMALL[:-1], "mapping.method=full", "optim.lr=1e-3"],  # full training has no budget
     "lora": [*SMALL, "mapping.method=lora", "mapping.rank=1", 'mapping.tuned=["7.*","9.*"]', f"target.weights={PRETRAINED}"],
