@@ -1,7 +1,10 @@
 """What a large target needs (issue 29, item 2): the mapping's options measured on torchvision resnet18 (11.2M
-parameters, 62 tensors, BatchNorm) on the shipped MNIST subset, against plain LWT and full training.
+parameters, 62 tensors, BatchNorm) on the shipped MNIST subset, or on the GPT 4 x 256 (``--target gpt``:
+steps instead of epochs, one latent per block, norms and biases as its ``direct`` tensors), against plain
+LWT and full training.
 
     python bench/large_options.py --out bench/results/large_options.md                 # ~15 minutes on 2 cores
+    python bench/large_options.py --target gpt --epochs 100 --schedule 100 --budgets 65536 --options plain direct gain warmup --out o.md
     python bench/large_options.py --epochs 1 --budgets 2048 --schedule 1 --options plain direct --max-steps 3 --out /tmp/o.md
 
 `bench/defaults.py`'s resnet18 runs (28x28 images as 3 channels, 500 of the 4,000 training images held out for
@@ -32,23 +35,31 @@ sys.path.insert(0, str(ROOT))
 
 from defaults import default_lr, fmt, key, run_all, run_log  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
-DIRECT = ["*bn*", "*downsample.1.*", "conv1.*", "fc.*"]
+DIRECT = {"resnet18": ["*bn*", "*downsample.1.*", "conv1.*", "fc.*"], "gpt": ["*ln_*", "*.bias"]}
 OPTIONS = {
-    "plain": [],
-    "direct": [f"mapping.trainable={json.dumps(DIRECT)}", "mapping.trainable_lr=0.003"],
-    "gain": ["mapping.gain=true"],
-    "power1": ["mapping.budget_power=1"],
-    "warmup": ["optim.warmup_fraction=0.05"],
+    "plain": lambda target: [],
+    "direct": lambda target: [f"mapping.trainable={json.dumps(DIRECT[target])}", "mapping.trainable_lr=0.003", *direct_groups(target)],
+    "gain": lambda target: ["mapping.gain=true"],
+    "power1": lambda target: ["mapping.budget_power=1"],
+    "warmup": lambda target: ["optim.warmup_fraction=0.05"],
 }
+
+
+def direct_groups(target: str) -> list[str]:
+    """The GPT's blocks grouping without its ``ln_f`` group, which the direct norms and biases empty."""
+    from defaults import GPT_GROUPS
+
+    return [f"mapping.grouping={json.dumps({k: v for k, v in GPT_GROUPS.items() if k != 'ln_f'})}"] if target == "gpt" else []
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="resnet18", choices=["resnet18", "gpt"])
     parser.add_argument("--budgets", nargs="+", type=int, default=[16384, 65536])
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--option-budgets", nargs="+", type=int, help="budgets of the options other than plain (default: --budgets)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of the mapping's runs")
-    parser.add_argument("--schedule", nargs="+", type=int, default=[1, 2, 4, 8], help="full training's epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs (resnet18) or steps (gpt) of the mapping's runs")
+    parser.add_argument("--schedule", nargs="+", type=int, default=[1, 2, 4, 8], help="full training's epochs (resnet18) or steps (gpt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, help="cap every run (a reduced check, not a result)")
     parser.add_argument("--variant", default="i29")
@@ -56,17 +67,20 @@ def main() -> None:
     parser.add_argument("--runs", default="/tmp/mapscale-large-options")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    args.resnet_epochs = args.epochs  # base_overrides' resnet18 epochs
+    args.resnet_epochs = args.gpt_steps = args.epochs  # base_overrides' schedules
+    args.gpt_tokenizer = ""  # bytes, as bench/defaults.py's GPT
+    gpt = args.target == "gpt"
     cap = [f"optim.max_steps={args.max_steps}"] if args.max_steps else []
     jobs = []
     for epochs in args.schedule:
-        case = {"target": "resnet18", "grouping": "-", "budget": 0, "method": "full", "variant": f"{args.variant}-e{epochs}",
-                "extra": [f"optim.epochs={epochs}", *cap], "option": "full", "epochs": epochs}
+        length = f"optim.max_steps={epochs}" if gpt else f"optim.epochs={epochs}"
+        case = {"target": args.target, "grouping": "-", "budget": 0, "method": "full", "variant": f"{args.variant}-e{epochs}",
+                "extra": [length, *cap], "option": "full", "epochs": epochs}
         jobs.append((case, default_lr("full"), args.seed))
     for option in args.options:
         for budget in args.budgets if option == "plain" else (args.option_budgets or args.budgets):
-            case = {"target": "resnet18", "grouping": "lwt", "budget": budget, "method": "mapping-sparse", "variant": f"{args.variant}-{option}-e{args.epochs}",
-                    "extra": [*OPTIONS[option], *cap], "option": option, "epochs": args.epochs}
+            case = {"target": args.target, "grouping": "blocks" if gpt else "lwt", "budget": budget, "method": "mapping-sparse",
+                    "variant": f"{args.variant}-{option}-e{args.epochs}", "extra": [*OPTIONS[option](args.target), *cap], "option": option, "epochs": args.epochs}
             jobs.append((case, default_lr("mapping-sparse"), args.seed))
     log, done = run_log(args.runs)
     started = time.perf_counter()
@@ -75,19 +89,22 @@ def main() -> None:
     from frontier import trainable_count
 
     lines = [
-        "# What a large target needs: the mapping's options on resnet18", "",
+        f"# What a large target needs: the mapping's options on {args.target}", "",
         f"`python bench/large_options.py {' '.join(sys.argv[1:])}` ({(time.perf_counter() - started) / 60:.0f} min of this invocation; {len(jobs)} runs "
-        f"in `{args.runs}/runs.jsonl`). torchvision resnet18 on the shipped MNIST subset (3,500 train, 500 validation, 1,000 test), seed {args.seed}, "
-        "each method's default rate. One seed: a ranking of options, not an accuracy claim.", "",
-        "| option | budget | trainable | P / trainable | epochs | lr | validation | test | train - test | seconds |",
+        f"in `{args.runs}/runs.jsonl`). " + ("The GPT 4 x 256 (bytes) of `bench/defaults.py` on the standard library's code, one latent per block; "
+        "validation and test are perplexities (lower is better). " if gpt else
+        "torchvision resnet18 on the shipped MNIST subset (3,500 train, 500 validation, 1,000 test). ") +
+        f"Seed {args.seed}, each method's default rate. One seed: a ranking of options, not an accuracy claim.", "",
+        f"| option | budget | trainable | P / trainable | {'steps' if gpt else 'epochs'} | lr | validation | test | {'test - train' if gpt else 'train - test'} | seconds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    size = trainable_count({"target": "resnet18", "grouping": "-", "budget": 0, "method": "full", "extra": []}, args)
+    size = trainable_count({"target": args.target, "grouping": "-", "budget": 0, "method": "full", "extra": []}, args)
     for case, lr, seed in jobs:
         r = done[key(case, lr, seed)]
         trainable = trainable_count(case, args)
+        scale, gap = (1, r["test"] - r["train"]) if gpt else (100, r["train"] - r["test"])
         lines.append(f"| {case['option']} | {case['budget'] or '-'} | {trainable:,} | {size / trainable:.1f} | {case['epochs']} | {lr:g} | "
-                     f"{fmt([r['validation']], 100)} | {fmt([r['test']], 100)} | {fmt([r['train'] - r['test']], 100)} | {r['seconds']:.0f} |")
+                     f"{fmt([r['validation']], scale)} | {fmt([r['test']], scale)} | {fmt([gap], scale)} | {r['seconds']:.0f} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
