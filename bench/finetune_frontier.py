@@ -52,6 +52,12 @@ def rates(method: str, args) -> list[float]:
     return [float(f"{centre * 10 ** ((k - (args.rates - 1) / 2) / 2):.3g}") for k in range(args.rates)]
 
 
+def gap(records: list[dict]) -> str:
+    """test - train perplexity, or "-" where the training split was not evaluated."""
+    pairs = [(r["test"], r["train"]) for r in records if r.get("train") is not None and math.isfinite(r["train"])]
+    return fmt([t - tr for t, tr in pairs], 1) if pairs else "-"
+
+
 def counts(settings: dict, budgets: list[int], methods: list[str]) -> dict[tuple[str, int], int]:
     """``{(method, budget): trainable}`` from one build each (full fine-tuning once, at budget 0)."""
     out = {("full", 0): hf_finetune.trainable_counts({**settings, "budget": 0}, ["full"])["full"]} if "full" in methods else {}
@@ -72,6 +78,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps")
     parser.add_argument("--max-examples", type=int, help="cap every split (a reduced check, not a result)")
+    parser.add_argument("--no-train-eval", action="store_true", help="skip evaluating the training split at the end (no test - train column)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", default="/tmp/mapscale-finetune-frontier")
@@ -82,6 +89,7 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     extra = [f"data.max_examples={args.max_examples}"] if args.max_examples else []
+    extra += ["output.eval_train=false"] if args.no_train_eval else []
     folder = hf_finetune.pretrain(runs, args.pretrain_steps, extra)
     settings = {"runs": str(runs), "text": str(hf_finetune.docstrings(runs)), "folder": str(folder), "steps": args.steps, "extra": extra}
     trainable = counts(settings, args.budgets, args.methods)
@@ -118,7 +126,7 @@ def main() -> None:
         table[m, b] = [r["test"] for r in rs]
         sweep_cells = ", ".join(f"{lr:g}: {fmt([done[job_key((m, b, lr, 0))]['validation']], 1)}" for lr in rates(m, args))
         lines.append(f"| {b or '-'} | {m} | {trainable[m, b]:,} | {best[m, b]:g} | {fmt([r['validation'] for r in rs], 1)} | "
-                     f"{fmt([r['test'] for r in rs], 1)} | {fmt([r['test'] - r['train'] for r in rs], 1)} | {sweep_cells} |")
+                     f"{fmt([r['test'] for r in rs], 1)} | {gap(rs)} | {sweep_cells} |")
     lines += ["", "## The fine-tune mode against each adapter at the same count (test means; an adapter within a factor sqrt(2))", ""]
     for b in args.budgets:
         if ("finetune", b) not in table:
