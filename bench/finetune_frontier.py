@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hf_finetune  # noqa: E402  (bench/, this script's folder, is on sys.path)
-from defaults import fmt, run_all, run_log  # noqa: E402
+from defaults import fmt, run_all, run_log, score  # noqa: E402
 
 CENTRES = {"finetune": 1.0, "lora": 1e-2, "vera": 1e-1, "full": 1e-3}
 
@@ -103,8 +103,7 @@ def main() -> None:
     log, done = run_log(runs)
     sweep = [(m, b, lr, 0) for m, b in cases for lr in rates(m, args)]
     run_all(sweep, done, log, settings, args.workers, run_one, job_key)
-    score = lambda r: r["validation"] if r["validation"] is not None and math.isfinite(r["validation"]) else math.inf  # noqa: E731
-    best = {(m, b): min(rates(m, args), key=lambda lr: (score(done[job_key((m, b, lr, 0))]), lr)) for m, b in cases}
+    best = {(m, b): max(rates(m, args), key=lambda lr: (score(done[job_key((m, b, lr, 0))], "gpt"), -lr)) for m, b in cases}
     seeds = range(args.seeds)
     run_all([(m, b, best[m, b], s) for m, b in cases for s in seeds], done, log, settings, args.workers, run_one, job_key)
     untuned = hf_finetune.evaluate_untuned(settings)

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defaults import default_lr, fmt, key, run_all, run_log  # noqa: E402  (bench/, this script's folder, is on sys.path)
+from defaults import default_lr, fmt, key, run_all, run_log, score  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 GENERATED = ("mapping-sparse", "subspace", "rpg")
 POWERS = {"cnn2": range(9, 18, 2), "resnet18": range(11, 21, 3), "gpt": range(12, 21, 2)}
@@ -94,13 +94,6 @@ def higher_better(target: str) -> bool:
     return target != "gpt"
 
 
-def validation_score(record: dict, target: str) -> float:
-    value = record["validation"]
-    if value is None or not math.isfinite(value):
-        return -math.inf
-    return value if higher_better(target) else -value
-
-
 def plan(all_cases: list[dict], args) -> tuple[list[tuple], callable]:
     """The sweep jobs, and ``chosen(case, done) -> lr`` once they are done."""
     sweep, anchor_of = [], {}
@@ -117,7 +110,7 @@ def plan(all_cases: list[dict], args) -> tuple[list[tuple], callable]:
     def chosen(case: dict, done: dict) -> float:
         anchor = anchor_of[id(case)]
         rates = [lr for c, lr, _ in sweep if c is anchor]
-        return max(rates, key=lambda lr: (validation_score(done[key(anchor, lr, 0)], case["target"]), -lr))
+        return max(rates, key=lambda lr: (score(done[key(anchor, lr, 0)], case["target"]), -lr))
 
     return sweep, chosen
 

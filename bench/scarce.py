@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defaults import default_lr, fmt, key, run_all, run_log  # noqa: E402  (bench/, this script's folder, is on sys.path)
+from defaults import default_lr, fmt, key, run_all, run_log, score  # noqa: E402  (bench/, this script's folder, is on sys.path)
 
 METHODS = {"mapping-sparse": ("slvt", 2048), "full": ("-", 0)}
 DATA = {
@@ -59,21 +59,8 @@ def cases(args) -> list[dict]:
     return out
 
 
-def full_count(dataset: str) -> int:
-    """CNN2's parameter count on a dataset's inputs and classes (what full training trains)."""
-    from mapscale.targets import cnn2
-
-    model = cnn2(3, 2) if dataset == "deepfake" else cnn2()
-    return sum(p.numel() for p in model.parameters())
-
-
 def rates(method: str, args) -> list[float]:
     return [float(f"{default_lr(method) * f:.3g}") for f in args.lr_factors]
-
-
-def validation(record: dict) -> float:
-    value = record["validation"]
-    return value if value is not None and math.isfinite(value) else -math.inf
 
 
 def crossings(sizes: list[int], gaps: list[float]) -> str:
@@ -119,9 +106,9 @@ def main() -> None:
     best = {}  # (dataset, size, method) -> (case, lr) of the best validation score, ties to the smaller rate
     for case, lr, _ in sweep:
         group = (case["dataset"], case["size"], case["method"])
-        score = (validation(done[key(case, lr, 0)]), -lr, -case["decay"], -case["shift"])
-        if group not in best or score > best[group][0]:
-            best[group] = (score, case, lr)
+        rank = (score(done[key(case, lr, 0)], "cnn2"), -lr, -case["decay"], -case["shift"])
+        if group not in best or rank > best[group][0]:
+            best[group] = (rank, case, lr)
     finals = [(case, lr, s) for _, case, lr in best.values() for s in range(args.seeds)]
     run_all(finals, done, log, vars(args), args.workers)
 
@@ -131,6 +118,8 @@ def main() -> None:
 
 
 def report(best, done, sweep, args, runs, seconds) -> list[str]:
+    from frontier import trainable_count
+
     picture = Path(args.out).with_suffix(".png")
     lines = [
         "# Scarce data: the mapping (CNN2 SLVT 2,048) against full training", "",
@@ -145,7 +134,7 @@ def report(best, done, sweep, args, runs, seconds) -> list[str]:
         records = [done[key(case, lr, s)] for s in range(args.seeds)]
         tests = [100 * r["test"] for r in records if r["test"] is not None and math.isfinite(r["test"])]
         curves.setdefault(dataset, {}).setdefault(method, []).append((size, statistics.mean(tests) if tests else math.nan, statistics.pstdev(tests) if len(tests) > 1 else 0.0))
-        trainable = 2048 if method != "full" else full_count(dataset)
+        trainable = trainable_count(case, args)  # the optimiser's count, from a meta build of the run's recipe
         gap = [100 * (r["train"] - r["test"]) for r in records]
         lines.append(f"| {dataset} | {size:,} | {method} | {trainable:,} | {lr:g}, {case['decay']:g}, {case['shift']} | "
                      f"{fmt([r['validation'] for r in records], 100)} | {fmt([r['test'] for r in records], 100)} | {fmt(gap, 1)} |")
