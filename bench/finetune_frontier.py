@@ -2,6 +2,9 @@
 pretrained GPT-2 4 x 256 tuned on the standard library's docstrings by mapscale's fine-tune mode (sparse
 operator, ``L = 1``, one latent per block), peft LoRA and VeRA (rank matched to the budget) and full
 fine-tuning, each budget's rates chosen on validation with the same number of rates per method, 3 seeds.
+``finetune-bias`` is the fine-tune mode with the tuned layers' 9,216 biases trained directly (BitFit's), counted
+in the budget: its latents are the budget less the biases (at a budget below them: one latent per block, reported at its count);
+``finetune-gate`` the fine-tune mode's multiplicative form (a gate ``w (1 + alpha o)``).
 
     python bench/finetune_frontier.py --out bench/results/finetune_frontier.md          # ~40 minutes on 2 cores
     python bench/finetune_frontier.py --budgets 4096 --steps 2 --pretrain-steps 2 --seeds 1 --rates 1 --max-examples 64 --out /tmp/ff.md
@@ -32,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 import hf_finetune  # noqa: E402  (bench/, this script's folder, is on sys.path)
 from defaults import fmt, run_all, run_log, score  # noqa: E402
 
-CENTRES = {"finetune": 1.0, "lora": 1e-2, "vera": 1e-1, "full": 1e-3}
+CENTRES = {"finetune": 1.0, "finetune-bias": 1.0, "finetune-gate": 1.0, "lora": 1e-2, "vera": 1e-1, "full": 1e-3}
+MODES = [m for m in CENTRES if m.startswith("finetune")]  # the fine-tune mode and its variants
 
 
 def run_one(job: tuple) -> dict:
@@ -128,12 +132,13 @@ def main() -> None:
                      f"{fmt([r['test'] for r in rs], 1)} | {gap(rs)} | {sweep_cells} |")
     lines += ["", "## The fine-tune mode against each adapter at the same count (test means; an adapter within a factor sqrt(2))", ""]
     for b in args.budgets:
-        if ("finetune", b) not in table:
-            continue
-        ours = statistics.mean(table["finetune", b])
-        peers = [f"{m} {statistics.mean(table[m, b]):.2f} at {trainable[m, b]:,} (finetune {ours - statistics.mean(table[m, b]):+.2f})"
-                 for m in ("lora", "vera") if (m, b) in table and abs(math.log(trainable[m, b] / b)) <= math.log(2) / 2]
-        lines.append(f"- {b:,}: finetune {ours:.2f}; " + ("; ".join(peers) if peers else "no adapter trains within a factor sqrt(2) of this count") + ".")
+        for mode in MODES:
+            if (mode, b) not in table:
+                continue
+            ours, count = statistics.mean(table[mode, b]), trainable[mode, b]
+            peers = [f"{m} {statistics.mean(table[m, b]):.2f} at {trainable[m, b]:,} ({mode} {ours - statistics.mean(table[m, b]):+.2f})"
+                     for m in ("lora", "vera") if (m, b) in table and abs(math.log(trainable[m, b] / count)) <= math.log(2) / 2]
+            lines.append(f"- {b:,}: {mode} {ours:.2f} at {count:,}; " + ("; ".join(peers) if peers else "no adapter trains within a factor sqrt(2) of this count") + ".")
     lines.append("")
     plot(table, trainable, Path(args.out).with_suffix(".png"))
     lines += [f"![test perplexity against trainable values]({Path(args.out).with_suffix('.png').name})", ""]

@@ -38,6 +38,13 @@ RECIPE = ROOT / "recipes" / "gpt2_small_lwt.py"
 GPT = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 256, "n_positions": 128}
 TUNED = ["*.attn.c_attn.weight", "*.attn.c_proj.weight", "*.mlp.c_fc.weight", "*.mlp.c_proj.weight"]
 METHODS = ("finetune", "lora", "vera", "full")
+# Variants of the fine-tune mode measured on the frontier (issue 29): finetune-bias, the tuned layers' biases
+# trained directly as BitFit trains them (Ben Zaken et al. 2022), the latents the rest of the budget, the biases'
+# rate BIAS_LR x the latents' relative rate so that one swept rate tunes both (at the latents' centre 1: full
+# fine-tuning's chosen 1e-3); finetune-gate, the multiplicative form w (1 + alpha o) instead of w + alpha sigma o.
+BIASES = [name.replace(".weight", ".bias") for name in TUNED]
+TUNED_BIASES = GPT["n_layer"] * 9 * GPT["n_embd"]  # c_attn 3n + attn c_proj n + c_fc 4n + mlp c_proj n per block
+BIAS_LR = 1e-3
 
 
 def docstrings(folder: Path, limit: int = 600_000) -> Path:
@@ -87,14 +94,20 @@ def pretrain(runs: Path, steps: int, extra: list[str] = ()) -> Path:
     return folder
 
 
-def method_overrides(method: str, folder: Path, budget: int) -> list[str]:
+def method_overrides(method: str, folder: Path, budget: int, lr: float = 1.0) -> list[str]:
+    """A method's overrides at a trainable ``budget``; ``lr`` (the run's ``optim.lr``) sets ``finetune-bias``'s
+    bias rate."""
     base = [f"target.name=hf:{folder}", "target.args={}"]
     if method == "full":
         return [*base, "mapping.method=full"]
     tuned = json.dumps(TUNED)
-    if method == "finetune":
+    if method in ("finetune", "finetune-bias", "finetune-gate"):
         # the sparse operator: a dense one over these 3.1M elements would hold 16,384 x 3.1M values
-        return [*base, "mapping.method=finetune", f"mapping.tuned={tuned}", "mapping.grouping=blocks", f"mapping.budget={budget}", "mapping.operator=sparse"]
+        latents = max(budget - TUNED_BIASES, GPT["n_layer"]) if method == "finetune-bias" else budget  # blocks: a latent each at least
+        out = [*base, "mapping.method=finetune", f"mapping.tuned={tuned}", "mapping.grouping=blocks", f"mapping.budget={latents}", "mapping.operator=sparse"]
+        if method == "finetune-bias":  # BitFit's biases trained directly, counted in the budget, at BIAS_LR x the latents' rate
+            out += [f"mapping.trainable={json.dumps(BIASES)}", f"mapping.trainable_lr={BIAS_LR * lr:.3g}"]
+        return out + (["mapping.form=multiplicative"] if method == "finetune-gate" else [])
     return [*base, f"mapping.method={method}", f"mapping.tuned={tuned}", f"mapping.budget={budget}"]
 
 
@@ -113,7 +126,7 @@ def run_one(job: tuple) -> dict:
     method, lr, seed, settings = job
     torch.set_num_threads(1)
     runs, name = Path(settings["runs"]), run_name((method, lr, seed))
-    overrides = [*common(runs, Path(settings["text"]), name), *method_overrides(method, Path(settings["folder"]), settings["budget"]),
+    overrides = [*common(runs, Path(settings["text"]), name), *method_overrides(method, Path(settings["folder"]), settings["budget"], lr),
                  f"optim.lr={lr}", f"seed={seed}", f"optim.max_steps={settings['steps']}", *settings.get("extra", [])]
     if method != "full":
         overrides.append(f"mapping.seed={seed}")

@@ -140,6 +140,22 @@ def test_finetune_frontier_bench_runs_each_method_once_per_count(tmp_path):
     assert "- 16,384: finetune" in table and "lora" in table.split("- 16,384: finetune")[1]
 
 
+def test_finetune_frontier_bench_counts_finetune_bias_biases_in_the_budget(tmp_path):
+    """finetune-bias trains the 16 tuned layers' 9,216 biases directly: 16,384 in all at a 16,384 budget, and at a
+    budget below the biases one latent per block (4) more than them."""
+    args = ["bench/finetune_frontier.py", "--budgets", "4096", "16384", "--methods", "finetune-bias", "--steps", "2", "--pretrain-steps", "2",
+            "--seeds", "1", "--rates", "1", "--max-examples", "64", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ff.md")]
+    out = run(*args)
+    assert "2 runs to do" in out
+    table = (tmp_path / "ff.md").read_text()
+    assert "| 16384 | finetune-bias | 16,384 |" in table and "| 4096 | finetune-bias | 9,220 |" in table
+    records = {r["key"]: r for r in map(json.loads, (tmp_path / "runs" / "runs.jsonl").read_text().splitlines())}
+    assert records["b16384/finetune-bias_lr1_seed0"]["trainable"] == 16_384
+    mapping = json.loads((tmp_path / "runs" / "b16384" / "finetune-bias_lr1_seed0" / "recipe.json").read_text())["mapping"]
+    assert mapping["budget"] == 16_384 - 9_216 and mapping["trainable_lr"] == 1e-3  # BIAS_LR x the run's rate 1
+    assert sorted(mapping["trainable"]) == sorted(["*.attn.c_attn.bias", "*.attn.c_proj.bias", "*.mlp.c_fc.bias", "*.mlp.c_proj.bias"])
+
+
 def test_large_options_bench_runs_full_training_per_schedule_and_each_option(tmp_path):
     out = run("bench/large_options.py", "--epochs", "1", "--budgets", "2048", "--schedule", "1", "--options", "plain", "direct", "--max-steps", "2",
               "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o.md"))
