@@ -80,6 +80,17 @@ def anchors(budgets: list[int], count: int) -> list[int]:
     return sorted({budgets[round(i * (len(budgets) - 1) / (count - 1))] for i in range(count)})
 
 
+def tune_anchors(budgets: list[int], args) -> list[int]:
+    """A curve's sweep budgets: ``--anchor-budgets`` where given (those on the curve; a budget added later then
+    reuses the runs of the anchors already swept), else ``--tune-budgets`` spread over the sorted list."""
+    if not args.anchor_budgets:
+        return anchors(budgets, args.tune_budgets)
+    chosen = sorted(set(budgets) & set(args.anchor_budgets))
+    if not chosen:
+        raise SystemExit(f"--anchor-budgets {args.anchor_budgets} names none of the curve's budgets {budgets}")
+    return chosen
+
+
 def rate_grid(method: str, args, tuned_budgets: int) -> list[float]:
     """The sweep rates of a method: the generated ones ``default x factors``; full training as many rates in all
     as a generated curve gets (factors x anchors), sqrt(3) apart around its default."""
@@ -100,11 +111,11 @@ def plan(all_cases: list[dict], args) -> tuple[list[tuple], callable]:
     for case in all_cases:
         family = [c for c in all_cases if (c["target"], c["grouping"], c["method"]) == (case["target"], case["grouping"], case["method"])]
         budgets = sorted(c["budget"] for c in family)
-        tuned = anchors(budgets, args.tune_budgets) if case["method"] != "full" else [0]
+        tuned = tune_anchors(budgets, args) if case["method"] != "full" else [0]
         nearest = min(tuned, key=lambda b: (abs(math.log(max(b, 1)) - math.log(max(case["budget"], 1))), b))
         anchor_of[id(case)] = next(c for c in family if c["budget"] == nearest)
         if case["budget"] in tuned:
-            n_anchors = len(anchors(sorted({c["budget"] for c in all_cases if c["target"] == case["target"] and c["method"] != "full"}), args.tune_budgets))
+            n_anchors = len(tune_anchors(sorted({c["budget"] for c in all_cases if c["target"] == case["target"] and c["method"] != "full"}), args))
             sweep += [(case, lr, 0) for lr in rate_grid(case["method"], args, max(n_anchors, 1))]
 
     def chosen(case: dict, done: dict) -> float:
@@ -199,6 +210,7 @@ def main() -> None:
     parser.add_argument("--gpt-tokenizer", default="bpe:4096", help="data.tokenizer of the GPT runs ('' for bytes)")
     parser.add_argument("--lr-factors", nargs="+", type=float, default=[1 / 3, 1.0, 3.0])
     parser.add_argument("--tune-budgets", type=int, default=3, help="anchor budgets of each curve's rate sweep")
+    parser.add_argument("--anchor-budgets", nargs="*", type=int, default=[], help="the anchor budgets themselves (instead of --tune-budgets)")
     parser.add_argument("--parity", type=float, default=0.5, help="points below full training's test accuracy")
     parser.add_argument("--parity-ppl", type=float, default=0.02, help="relative perplexity above full training's")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every generated method's runs")
@@ -236,7 +248,7 @@ def report(rows, at_parity, sweep, done, args, runs, seconds) -> list[str]:
         f"`python bench/frontier.py {' '.join(sys.argv[1:])}` ({seconds / 60:.0f} min of this invocation; {runs} runs in `{args.runs}/runs.jsonl`). "
         f"{', '.join(schedules[t] for t in args.targets)}; seeds 0-{args.seeds - 1}; accuracy in points (CNN2, resnet18) or perplexity (GPT, "
         f"lower is better). Rates: {len(args.lr_factors)} per anchor budget ({', '.join(f'{f:.3g}' for f in args.lr_factors)} x the method's default) at "
-        f"{args.tune_budgets} anchors per curve, seed 0, validation; full training as many rates. "
+        f"{args.tune_budgets if not args.anchor_budgets else 'the ' + ', '.join(map(str, args.anchor_budgets))} anchors per curve, seed 0, validation; full training as many rates. "
         + (f"Generated methods with `{' '.join(args.extra)}`." if args.extra else ""), "",
         "## Reduction at parity", "",
         f"Largest P / trainable within {args.parity:g} points of full training's test accuracy (GPT: within {100 * args.parity_ppl:g}% of its perplexity), "

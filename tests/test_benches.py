@@ -113,6 +113,21 @@ def test_scarce_bench_tunes_both_methods_alike_per_size_and_says_where_the_curve
     assert {r["size"] for r in records} == {100, 200} and all("data.train_examples=%d" % r["size"] in r["extra"] for r in records)
 
 
+def test_frontier_anchor_budgets_fix_the_sweep_when_a_budget_is_added():
+    """--anchor-budgets keeps a curve's sweep where it was when a budget is added between (its runs reused);
+    without it --tune-budgets spreads the anchors over the new list, and a budget off the curve is refused."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from frontier import tune_anchors
+
+    five = [2048, 16384, 65536, 131072, 1048576]
+    assert tune_anchors(five, argparse.Namespace(anchor_budgets=[], tune_budgets=3)) == [2048, 65536, 1048576]
+    assert tune_anchors(five, argparse.Namespace(anchor_budgets=[1048576, 2048, 131072], tune_budgets=3)) == [2048, 131072, 1048576]
+    with pytest.raises(SystemExit, match="names none of"):
+        tune_anchors(five, argparse.Namespace(anchor_budgets=[4096], tune_budgets=3))
+
+
 def test_scarce_crossing_is_interpolated_on_the_log_size_axis():
     sys.path.insert(0, str(ROOT / "bench"))
     from scarce import crossings
