@@ -36,7 +36,6 @@ import hf_finetune  # noqa: E402  (bench/, this script's folder, is on sys.path)
 from defaults import fmt, run_all, run_log, score  # noqa: E402
 
 CENTRES = {"finetune": 1.0, "finetune-bias": 1.0, "finetune-gate": 1.0, "lora": 1e-2, "vera": 1e-1, "full": 1e-3}
-MODES = [m for m in CENTRES if m.startswith("finetune")]  # the fine-tune mode and its variants
 
 
 def run_one(job: tuple) -> dict:
@@ -132,7 +131,7 @@ def main() -> None:
                      f"{fmt([r['test'] for r in rs], 1)} | {gap(rs)} | {sweep_cells} |")
     lines += ["", "## The fine-tune mode against each adapter at the same count (test means; an adapter within a factor sqrt(2))", ""]
     for b in args.budgets:
-        for mode in MODES:
+        for mode in hf_finetune.FINETUNE_MODES:
             if (mode, b) not in table:
                 continue
             ours, count = statistics.mean(table[mode, b]), trainable[mode, b]

@@ -15,8 +15,8 @@
 # Issue 29: 5. the GPT 4 x 256 frontier (1,000 steps, BPE 4,096; the resnet18 one ran on the CPU: bench/results/frontier_resnet18.md),
 #    bench/frontier.py with 8 workers, each under a time limit; their run logs live in $FRONTIER_RUNS (default
 #    $out/frontier-runs): carry it back and forth and call again until the reports appear (every finished run is
-#    kept; a call only adds runs). Too long for the 2-core CPU (resnet18: about 20 s per epoch per run; the GPT:
-#    122-241 s per 100-step run in bench/results/frontier_runs.jsonl, and these runs take 1,000 steps).
+#    kept; a call only adds runs). Too long for the 2-core CPU (122-241 s per 100-step byte-level run in
+#    bench/results/frontier_runs.jsonl, and these runs take 1,000 steps: about 74 runs of 20-40 min on one core).
 # Nothing is installed: the machine cannot reach a package index, so the checkout runs from PYTHONPATH on the
 # torch already there.
 set -euo pipefail

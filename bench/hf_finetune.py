@@ -38,6 +38,7 @@ RECIPE = ROOT / "recipes" / "gpt2_small_lwt.py"
 GPT = {"n_layer": 4, "n_embd": 256, "n_head": 4, "vocab_size": 256, "n_positions": 128}
 TUNED = ["*.attn.c_attn.weight", "*.attn.c_proj.weight", "*.mlp.c_fc.weight", "*.mlp.c_proj.weight"]
 METHODS = ("finetune", "lora", "vera", "full")
+FINETUNE_MODES = ("finetune", "finetune-bias", "finetune-gate")  # the fine-tune mode and its variants (below)
 # Variants of the fine-tune mode measured on the frontier (issue 29): finetune-bias, the tuned layers' biases
 # trained directly as BitFit trains them (Ben Zaken et al. 2022), the latents the rest of the budget, the biases'
 # rate BIAS_LR x the latents' relative rate so that one swept rate tunes both (at the latents' centre 1: full
@@ -101,7 +102,7 @@ def method_overrides(method: str, folder: Path, budget: int, lr: float = 1.0) ->
     if method == "full":
         return [*base, "mapping.method=full"]
     tuned = json.dumps(TUNED)
-    if method in ("finetune", "finetune-bias", "finetune-gate"):
+    if method in FINETUNE_MODES:
         # the sparse operator: a dense one over these 3.1M elements would hold 16,384 x 3.1M values
         latents = max(budget - TUNED_BIASES, GPT["n_layer"]) if method == "finetune-bias" else budget  # blocks: a latent each at least
         out = [*base, "mapping.method=finetune", f"mapping.tuned={tuned}", "mapping.grouping=blocks", f"mapping.budget={latents}", "mapping.operator=sparse"]
